@@ -1,0 +1,3 @@
+from sender.cli import main
+
+raise SystemExit(main())
