@@ -1,0 +1,437 @@
+"""The claim-and-send protocol's SQL: every statement that decides who may send what, in one place.
+
+Each transition is a compare-and-set: an UPDATE whose WHERE names the state it expects and, once a
+row is claimed, the claimer's token. A statement that touches no row means "someone else owns this
+now": the caller stops. The functions take an open Connection; the caller owns the transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Connection, TextClause, bindparam, text
+from sqlalchemy.exc import IntegrityError
+from sqlmodel.sql.sqltypes import UTCDateTime
+
+from models import EnrollmentStatus, SendStatus
+
+_TS = UTCDateTime()
+_TIME_PARAMS = ("now", "lease_until", "next_at", "day_start", "until")
+
+
+def _sql(sql: str) -> TextClause:
+    """Bind time parameters through the same type as the columns, so both backends compare alike."""
+    params = [bindparam(name, type_=_TS) for name in _TIME_PARAMS if f":{name}" in sql]
+    return text(sql).bindparams(*params)
+
+
+@dataclass(frozen=True)
+class Claimed:
+    enrollment_id: int
+    campaign_id: int
+    lead_id: int
+    step: int
+    variant: str
+    attempts: int
+    token: str
+
+
+@dataclass(frozen=True)
+class LeadData:
+    email: str
+    first_name: str | None
+    last_name: str | None
+    fields: str
+    suppressed: bool
+
+
+# --- 1. Claim ------------------------------------------------------------------------------------
+
+# Safe: the CTE locks the rows it picks with SKIP LOCKED, so two claimers never pick the same row, and
+# the outer `status = 'queued'` is re-checked after any lock wait (READ COMMITTED). A CTE rather than
+# `id IN (SELECT ... LIMIT n FOR UPDATE)`, which can update more than n rows (PostgreSQL bug #15715).
+_CLAIM_POSTGRESQL = _sql("""
+WITH picked AS (
+    SELECT q.id FROM campaign_lead AS q
+    WHERE q.campaign_id = :campaign_id AND q.status = 'queued' AND q.next_attempt_at <= :now
+      AND EXISTS (SELECT 1 FROM campaign AS c WHERE c.id = q.campaign_id AND c.status = 'active')
+    ORDER BY q.next_attempt_at, q.id
+    LIMIT :limit
+    FOR UPDATE OF q SKIP LOCKED
+)
+UPDATE campaign_lead
+SET status = 'sending', claim_token = :token_prefix || campaign_lead.id, claimed_by = :instance,
+    lease_expires_at = :lease_until, attempts = campaign_lead.attempts + 1, updated_at = :now
+FROM picked
+WHERE campaign_lead.id = picked.id AND campaign_lead.status = 'queued'
+RETURNING campaign_lead.id, campaign_lead.campaign_id, campaign_lead.lead_id, campaign_lead.step,
+          campaign_lead.variant_letter, campaign_lead.attempts, campaign_lead.claim_token
+""")
+
+# Safe: the transaction began with BEGIN IMMEDIATE, so this sender is the only writer until it commits;
+# the subquery and the update see the same state, and the status check stays as a second guard.
+_CLAIM_SQLITE = _sql("""
+UPDATE campaign_lead
+SET status = 'sending', claim_token = :token_prefix || id, claimed_by = :instance,
+    lease_expires_at = :lease_until, attempts = attempts + 1, updated_at = :now
+WHERE id IN (
+    SELECT q.id FROM campaign_lead AS q
+    WHERE q.campaign_id = :campaign_id AND q.status = 'queued' AND q.next_attempt_at <= :now
+      AND EXISTS (SELECT 1 FROM campaign AS c WHERE c.id = q.campaign_id AND c.status = 'active')
+    ORDER BY q.next_attempt_at, q.id
+    LIMIT :limit
+) AND status = 'queued'
+RETURNING id, campaign_id, lead_id, step, variant_letter, attempts, claim_token
+""")
+
+
+def claim(
+    conn: Connection,
+    *,
+    campaign_id: int,
+    limit: int,
+    token_prefix: str,
+    instance: str,
+    now: datetime,
+    lease_until: datetime,
+) -> list[Claimed]:
+    """Move up to `limit` due, queued enrollments of an active campaign to `sending`, each with its own token."""
+    stmt = _CLAIM_SQLITE if conn.dialect.name == "sqlite" else _CLAIM_POSTGRESQL
+    rows = conn.execute(
+        stmt,
+        {
+            "campaign_id": campaign_id,
+            "limit": limit,
+            "token_prefix": token_prefix,
+            "instance": instance,
+            "now": now,
+            "lease_until": lease_until,
+        },
+    ).all()
+    return sorted(
+        (Claimed(r[0], r[1], r[2], r[3], r[4], r[5], r[6]) for r in rows), key=lambda c: c.enrollment_id
+    )
+
+
+# Safe: a compare-and-set on the campaign row. Concurrent claimers of one paced campaign serialize on
+# the row lock it takes, and only one of them finds `next_send_at <= now` true.
+_TAKE_PACING_TURN = _sql("""
+UPDATE campaign SET next_send_at = :next_at
+WHERE id = :campaign_id AND status = 'active' AND (next_send_at IS NULL OR next_send_at <= :now)
+""")
+
+
+def take_pacing_turn(conn: Connection, *, campaign_id: int, now: datetime, next_at: datetime) -> bool:
+    """Claim the campaign's next send slot for pacing; also locks the row for the daily-limit count."""
+    return conn.execute(_TAKE_PACING_TURN, {"campaign_id": campaign_id, "now": now, "next_at": next_at}).rowcount == 1
+
+
+# Runs only after take_pacing_turn locked the campaign row, so no other sender counts concurrently.
+_SENDS_SINCE = _sql("""
+SELECT count(*) FROM send_log
+WHERE campaign_id = :campaign_id AND created_at >= :day_start
+  AND status IN ('reserved', 'transmitting', 'sent', 'unknown')
+""")
+
+
+def sends_since(conn: Connection, *, campaign_id: int, day_start: datetime) -> int:
+    return int(conn.execute(_SENDS_SINCE, {"campaign_id": campaign_id, "day_start": day_start}).scalar_one())
+
+
+_LEADS = text("""
+SELECT l.id, l.email, l.first_name, l.last_name, l.fields,
+       EXISTS (SELECT 1 FROM suppression AS s
+               WHERE s.email = l.email OR s.domain = substr(l.email, instr(l.email, '@') + 1)) AS suppressed
+FROM lead AS l WHERE l.id IN :ids
+""").bindparams(bindparam("ids", expanding=True))
+
+_LEADS_POSTGRESQL = text("""
+SELECT l.id, l.email, l.first_name, l.last_name, l.fields,
+       EXISTS (SELECT 1 FROM suppression AS s
+               WHERE s.email = l.email OR s.domain = split_part(l.email, '@', 2)) AS suppressed
+FROM lead AS l WHERE l.id IN :ids
+""").bindparams(bindparam("ids", expanding=True))
+
+
+def lead_data(conn: Connection, lead_ids: Sequence[int]) -> dict[int, LeadData]:
+    stmt = _LEADS if conn.dialect.name == "sqlite" else _LEADS_POSTGRESQL
+    rows = conn.execute(stmt, {"ids": list(lead_ids)}).all()
+    return {r[0]: LeadData(r[1], r[2], r[3], r[4], bool(r[5])) for r in rows}
+
+
+# --- 2. Reserve ----------------------------------------------------------------------------------
+
+# Safe: the partial unique index uq_send_log_live admits one reserved/transmitting/sent/unknown row
+# per (campaign, lead, step), whatever the variant: a second reservation fails in the database.
+_RESERVE = _sql("""
+INSERT INTO send_log (campaign_id, lead_id, enrollment_id, step, variant_letter, status, claim_token,
+                      attempt, message_id, instance_id, host, pid, created_at)
+VALUES (:campaign_id, :lead_id, :enrollment_id, :step, :variant, 'reserved', :token,
+        :attempt, :message_id, :instance, :host, :pid, :now)
+RETURNING id
+""")
+
+
+def reserve(
+    conn: Connection, c: Claimed, *, message_id: str, instance: str, host: str, pid: int, now: datetime
+) -> int | None:
+    """Insert the `reserved` send_log row; None when the guard fired (a live row exists: never send)."""
+    savepoint = conn.begin_nested()
+    try:
+        send_id = conn.execute(
+            _RESERVE,
+            {
+                "campaign_id": c.campaign_id,
+                "lead_id": c.lead_id,
+                "enrollment_id": c.enrollment_id,
+                "step": c.step,
+                "variant": c.variant,
+                "token": c.token,
+                "attempt": c.attempts,
+                "message_id": message_id,
+                "instance": instance,
+                "host": host,
+                "pid": pid,
+                "now": now,
+            },
+        ).scalar_one()
+    except IntegrityError:
+        savepoint.rollback()
+        return None
+    savepoint.commit()
+    return int(send_id)
+
+
+# --- 3. Commit to transmit (the gate) -------------------------------------------------------------
+
+# Safe: only the claim holder with an unexpired lease passes, and only while the campaign is active.
+# FOR SHARE makes a concurrent pause wait until this commits; a pause that committed first leaves no
+# active row to lock (READ COMMITTED re-checks the locked row), so no transmission starts after it.
+_GATE_POSTGRESQL = _sql("""
+UPDATE send_log SET status = 'transmitting', transmit_at = :now
+WHERE id = :send_id AND status = 'reserved' AND claim_token = :token
+  AND EXISTS (SELECT 1 FROM campaign_lead AS cl
+              WHERE cl.id = :enrollment_id AND cl.status = 'sending' AND cl.claim_token = :token
+                AND cl.lease_expires_at > :now)
+  AND EXISTS (SELECT 1 FROM campaign AS c WHERE c.id = :campaign_id AND c.status = 'active' FOR SHARE)
+""")
+
+# Safe: under BEGIN IMMEDIATE a pause cannot commit between this check and this update.
+_GATE_SQLITE = _sql("""
+UPDATE send_log SET status = 'transmitting', transmit_at = :now
+WHERE id = :send_id AND status = 'reserved' AND claim_token = :token
+  AND EXISTS (SELECT 1 FROM campaign_lead AS cl
+              WHERE cl.id = :enrollment_id AND cl.status = 'sending' AND cl.claim_token = :token
+                AND cl.lease_expires_at > :now)
+  AND EXISTS (SELECT 1 FROM campaign AS c WHERE c.id = :campaign_id AND c.status = 'active')
+""")
+
+
+def commit_to_transmit(conn: Connection, c: Claimed, *, send_id: int, now: datetime) -> bool:
+    stmt = _GATE_SQLITE if conn.dialect.name == "sqlite" else _GATE_POSTGRESQL
+    params = {
+        "send_id": send_id,
+        "token": c.token,
+        "enrollment_id": c.enrollment_id,
+        "campaign_id": c.campaign_id,
+        "now": now,
+    }
+    return conn.execute(stmt, params).rowcount == 1
+
+
+# --- Release (gate refused, template failed before transmission, or shutting down) ---------------
+
+# Safe: deletes only this claim's row and only while it never reached `transmitting`.
+_DROP_RESERVATION = text("DELETE FROM send_log WHERE claim_token = :token AND status = 'reserved'")
+
+# Safe: CAS on the token; the attempt is given back because nothing was transmitted.
+_REQUEUE_UNSENT = _sql("""
+UPDATE campaign_lead
+SET status = 'queued', claim_token = NULL, claimed_by = NULL, lease_expires_at = NULL,
+    attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END, updated_at = :now
+WHERE id = :enrollment_id AND claim_token = :token AND status = 'sending'
+""")
+
+
+def release(conn: Connection, c: Claimed, *, now: datetime) -> bool:
+    """Give an untransmitted claim back to the queue. False if it was no longer ours or had been gated."""
+    if conn.execute(_DROP_RESERVATION, {"token": c.token}).rowcount == 0:
+        transmitting = conn.execute(
+            text("SELECT 1 FROM send_log WHERE claim_token = :token AND status <> 'reserved'"),
+            {"token": c.token},
+        ).first()
+        if transmitting is not None:
+            return False
+    return conn.execute(_REQUEUE_UNSENT, {"enrollment_id": c.enrollment_id, "token": c.token, "now": now}).rowcount == 1
+
+
+# --- Skips (before any send_log row is live) ------------------------------------------------------
+
+# Safe: CAS on the token, from `sending` only.
+_FINISH_UNSENT = _sql("""
+UPDATE campaign_lead
+SET status = :status, reason = :reason, last_error = :error, lease_expires_at = NULL, updated_at = :now
+WHERE id = :enrollment_id AND claim_token = :token AND status = 'sending'
+""")
+
+
+def finish_unsent(
+    conn: Connection, c: Claimed, *, status: EnrollmentStatus, reason: str, now: datetime, error: str | None = None
+) -> bool:
+    """End a claim that will never be transmitted: skipped (suppressed, duplicate_prevented) or failed."""
+    conn.execute(_DROP_RESERVATION, {"token": c.token})
+    params = {
+        "status": status.value,
+        "reason": reason,
+        "error": error,
+        "now": now,
+        "enrollment_id": c.enrollment_id,
+        "token": c.token,
+    }
+    return conn.execute(_FINISH_UNSENT, params).rowcount == 1
+
+
+# --- 5. Record ------------------------------------------------------------------------------------
+
+# Safe: only this claim's row; `unknown` is accepted because the reaper may have given up on a slow
+# transmission that did finish, and a definite answer beats an ambiguous one.
+_RECORD_SEND = _sql("""
+UPDATE send_log SET status = :status, finished_at = :now, smtp_code = :code, smtp_reply = :reply
+WHERE id = :send_id AND claim_token = :token AND status IN ('transmitting', 'unknown')
+""")
+
+# Safe: CAS on the token, from `sending` or from `unknown` (set by the reaper while we were slow).
+_RECORD_ENROLLMENT = _sql("""
+UPDATE campaign_lead
+SET status = :status, reason = :reason, last_error = :error, next_attempt_at = :next_at,
+    claim_token = CASE WHEN :status = 'queued' THEN NULL ELSE claim_token END,
+    claimed_by = CASE WHEN :status = 'queued' THEN NULL ELSE claimed_by END,
+    lease_expires_at = NULL, updated_at = :now
+WHERE id = :enrollment_id AND claim_token = :token AND status IN ('sending', 'unknown')
+""")
+
+
+def record(
+    conn: Connection,
+    c: Claimed,
+    *,
+    send_id: int,
+    send_status: SendStatus,
+    enrollment_status: EnrollmentStatus,
+    reason: str | None,
+    code: int | None,
+    reply: str,
+    now: datetime,
+    next_at: datetime,
+) -> bool:
+    """Record the SMTP outcome on both rows. Idempotent: safe to retry after a lost connection."""
+    conn.execute(
+        _RECORD_SEND,
+        {"status": send_status.value, "now": now, "code": code, "reply": reply[:1000], "send_id": send_id, "token": c.token},
+    )
+    params = {
+        "status": enrollment_status.value,
+        "reason": reason,
+        "error": None if enrollment_status == EnrollmentStatus.SENT else reply[:1000],
+        "next_at": next_at,
+        "now": now,
+        "enrollment_id": c.enrollment_id,
+        "token": c.token,
+    }
+    return conn.execute(_RECORD_ENROLLMENT, params).rowcount == 1
+
+
+_SUPPRESS = _sql("""
+INSERT INTO suppression (email, reason, detail, created_at) VALUES (:email, :reason, :detail, :now)
+ON CONFLICT DO NOTHING
+""")
+
+
+def suppress(conn: Connection, *, email: str, reason: str, detail: str, now: datetime) -> None:
+    conn.execute(_SUPPRESS, {"email": email, "reason": reason, "detail": detail[:500], "now": now})
+
+
+# --- 6. Reaper ------------------------------------------------------------------------------------
+
+_EXPIRED = _sql("""
+SELECT id, claim_token FROM campaign_lead
+WHERE status = 'sending' AND lease_expires_at < :now
+ORDER BY lease_expires_at LIMIT :limit
+""")
+
+# Safe: only rows still `reserved` (never gated). A gate racing with this either committed first (the
+# row is `transmitting` and the next statement takes it) or waits on our row lock and then fails.
+_REAP_RESERVED = _sql("""
+UPDATE send_log SET status = 'deferred', finished_at = :now, smtp_reply = 'lease expired before transmission'
+WHERE claim_token = :token AND status = 'reserved'
+""")
+
+# Safe: a transmission may have reached the recipient; it becomes `unknown`, never retried by itself.
+_REAP_TRANSMITTING = _sql("""
+UPDATE send_log SET status = 'unknown', finished_at = :now, smtp_reply = 'lease expired during transmission'
+WHERE claim_token = :token AND status = 'transmitting'
+""")
+
+# Safe: CAS on the token and the expired lease; a holder that recorded meanwhile wins.
+_REAP_ENROLLMENT = _sql("""
+UPDATE campaign_lead
+SET status = :status, reason = :reason,
+    claim_token = CASE WHEN :status = 'queued' THEN NULL ELSE claim_token END,
+    claimed_by = CASE WHEN :status = 'queued' THEN NULL ELSE claimed_by END,
+    lease_expires_at = NULL, next_attempt_at = :now, updated_at = :now
+WHERE id = :enrollment_id AND claim_token = :token AND status = 'sending' AND lease_expires_at < :now
+""")
+
+
+@dataclass(frozen=True)
+class Reaped:
+    requeued: int
+    unknown: int
+
+
+def expired_claims(conn: Connection, *, now: datetime, limit: int = 200) -> list[tuple[int, str]]:
+    return [(r[0], r[1]) for r in conn.execute(_EXPIRED, {"now": now, "limit": limit}).all()]
+
+
+def reap_one(conn: Connection, *, enrollment_id: int, token: str, now: datetime) -> EnrollmentStatus | None:
+    """Settle one expired claim: back to queued if never transmitted, else unknown."""
+    conn.execute(_REAP_RESERVED, {"token": token, "now": now})
+    transmitted = conn.execute(_REAP_TRANSMITTING, {"token": token, "now": now}).rowcount > 0
+    status = EnrollmentStatus.UNKNOWN if transmitted else EnrollmentStatus.QUEUED
+    reason = "lease_expired_during_transmission" if transmitted else None
+    params = {"status": status.value, "reason": reason, "now": now, "enrollment_id": enrollment_id, "token": token}
+    return status if conn.execute(_REAP_ENROLLMENT, params).rowcount == 1 else None
+
+
+# --- The DB lock: leased sender slots -------------------------------------------------------------
+
+_ENSURE_SLOT = text("INSERT INTO sender_slot (slot) VALUES (:slot) ON CONFLICT DO NOTHING")
+
+# Safe: compare-and-set on a free, expired or already-own slot.
+_TAKE_SLOT = _sql("""
+UPDATE sender_slot SET instance_id = :instance, lease_expires_at = :until
+WHERE slot = :slot AND (instance_id IS NULL OR instance_id = :instance OR lease_expires_at < :now)
+""")
+
+_RELEASE_SLOT = text("UPDATE sender_slot SET instance_id = NULL, lease_expires_at = NULL WHERE slot = :slot AND instance_id = :instance")
+
+
+def take_slot(conn: Connection, *, slots: int, instance: str, now: datetime, until: datetime) -> int | None:
+    """Hold (or renew) one of `slots` DB-lock slots; None means stand by."""
+    for slot in range(slots):
+        conn.execute(_ENSURE_SLOT, {"slot": slot})
+    held = conn.execute(
+        text("SELECT slot FROM sender_slot WHERE instance_id = :instance AND slot < :slots ORDER BY slot"),
+        {"instance": instance, "slots": slots},
+    ).first()
+    order = ([held[0]] if held else []) + list(range(slots))
+    for slot in order:
+        if conn.execute(_TAKE_SLOT, {"slot": slot, "instance": instance, "now": now, "until": until}).rowcount == 1:
+            return slot
+    return None
+
+
+def release_slot(conn: Connection, *, slot: int, instance: str) -> None:
+    conn.execute(_RELEASE_SLOT, {"slot": slot, "instance": instance})

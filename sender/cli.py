@@ -1,0 +1,358 @@
+"""`sendguard`: the command-line contract of CLI.md. Exit codes: 0 ok, 1 unexpected, 2 bad input, 3 lock."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sender.config import Settings, load_settings, redact_database_url
+from sender.errors import LockHeld, UsageError
+
+log = logging.getLogger("sendguard")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _print_json(value: object) -> None:
+    print(json.dumps(value, indent=2, ensure_ascii=False))
+
+
+def _engine(settings: Settings, *, readonly: bool = False):  # -> Engine
+    from sender.db import make_engine
+
+    return make_engine(settings.database_url, readonly=readonly)
+
+
+def _db_now(engine: Any) -> datetime:
+    from sender.clock import DatabaseClock
+
+    return DatabaseClock(engine).now()
+
+
+# --- commands ------------------------------------------------------------------------------------
+
+
+def cmd_db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
+    from sender.migrate import head_revision, upgrade
+
+    upgrade(settings.database_url)
+    print(f"database {redact_database_url(settings.database_url)} is at revision {head_revision()}")
+    return 0
+
+
+def cmd_campaign_create(args: argparse.Namespace, settings: Settings) -> int:
+    from sender.campaign_file import load_campaign_file
+    from sender.campaigns import create_or_update
+
+    spec = load_campaign_file(args.file)
+    engine = _engine(settings)
+    action = create_or_update(engine, spec, update_existing=args.update, now=_db_now(engine))
+    print(f"campaign {spec.name!r} {action} ({len(spec.variants)} variant(s)); status draft until `campaign start`"
+          if action == "created" else f"campaign {spec.name!r} updated")  # fmt: skip
+    return 0
+
+
+def cmd_campaign_list(args: argparse.Namespace, settings: Settings) -> int:
+    from sender.campaigns import list_campaigns
+
+    rows = list_campaigns(_engine(settings, readonly=True))
+    if args.json:
+        _print_json(rows)
+        return 0
+    if not rows:
+        print("no campaigns (create one with `sendguard campaign create FILE.toml`)")
+    for row in rows:
+        line = f"{row['name']:<30} {row['status']:<10} {row['enrolled']:>7} enrolled  variants {','.join(row['variants'])}"  # type: ignore[arg-type]
+        if row["pause_reason"]:
+            line += f"  (paused: {row['pause_reason']})"
+        print(line)
+    return 0
+
+
+def _transition(fn_name: str) -> Callable[[argparse.Namespace, Settings], int]:
+    def run(args: argparse.Namespace, settings: Settings) -> int:
+        from sender import campaigns
+
+        engine = _engine(settings)
+        fn = getattr(campaigns, fn_name)
+        campaign = fn(engine, args.name, actor=args.actor or campaigns.default_actor(), reason=args.reason,
+                      now=_db_now(engine))  # fmt: skip
+        print(f"campaign {campaign.name!r} is {campaign.status}")
+        return 0
+
+    return run
+
+
+def cmd_leads_import(args: argparse.Namespace, settings: Settings) -> int:
+    from sender.enroll import import_leads
+
+    try:
+        data = Path(args.file).read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read {args.file}: {exc.strerror}") from None
+    engine = _engine(settings)
+    result = import_leads(engine, args.campaign, data, source=args.file, now=_db_now(engine))
+    if args.json:
+        _print_json(result.as_json())
+    else:
+        print(
+            f"enrolled {result.enrolled}, already enrolled {result.already_enrolled}, duplicates in file "
+            f"{result.duplicates_in_file}, suppressed {result.suppressed}, rejected {len(result.rejected)}"
+        )
+        for r in result.rejected:
+            print(f"  line {r.line}: {r.reason}")
+    return 0
+
+
+def cmd_leads_list(args: argparse.Namespace, settings: Settings) -> int:
+    from models import EnrollmentStatus
+    from sender.status import leads_list
+
+    if args.status and args.status not in {s.value for s in EnrollmentStatus}:
+        raise UsageError(f"unknown status {args.status!r}: one of {', '.join(s.value for s in EnrollmentStatus)}")
+    rows = leads_list(_engine(settings, readonly=True), args.campaign, args.status)
+    if args.json:
+        _print_json(rows)
+        return 0
+    for row in rows:
+        reason = f" ({row['reason']})" if row["reason"] else ""
+        print(f"{row['email']:<40} {row['status']:<8}{reason} variant {row['variant']} attempts {row['attempts']}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    from sender.status import status
+
+    engine = _engine(settings, readonly=True)
+    data = status(engine, now=_db_now(engine), lease_seconds=settings.lease_seconds)
+    if args.json:
+        _print_json(data)
+        return 0
+    for c in data["campaigns"]:  # type: ignore[attr-defined]
+        counts = " ".join(f"{k}={v}" for k, v in c["counts"].items())
+        print(f"{c['name']:<30} {c['status']:<10} {counts}")
+    for s in data["senders"]:  # type: ignore[attr-defined]
+        state = "alive" if s["alive"] else ("stopped" if s["stopped_at"] else "stale")
+        slot = f"slot {s['slot']}" if s["slot"] is not None else "standby"
+        print(f"sender {s['instance']} {s['host']} pid {s['pid']} {state} {slot} heartbeat {s['heartbeat_at']}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    from sender.locks import SenderFileLock
+    from sender.migrate import require_current_schema
+    from sender.service import SenderService
+    from sender.transport import make_transport
+
+    if args.once and args.until_idle:
+        raise UsageError("--once and --until-idle cannot be combined")
+    if args.interval <= 0:
+        raise UsageError("--interval must be positive")
+    transport = make_transport(settings.smtp_url, args.dry_run, timeout=settings.smtp_timeout)
+    lock = SenderFileLock(settings.resolved_lock_file())
+    lock.acquire()  # LockHeld -> exit 3, before touching the database
+    try:
+        engine = _engine(settings)
+        require_current_schema(engine)
+        service = SenderService(settings, engine, transport, batch=args.batch, lock_file=lock.path)
+
+        def _stop(signum: int, _frame: object) -> None:
+            log.info("received %s: finishing the message in flight, then stopping", signal.Signals(signum).name)
+            service.stop()
+
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGINT, _stop)
+        service.run(interval=args.interval, once=args.once, until_idle=args.until_idle)
+        t = service.totals
+        log.info("stopped: sent=%d failed=%d deferred=%d unknown=%d skipped=%d", t.sent, t.failed, t.deferred,
+                 t.unknown, t.skipped)  # fmt: skip
+    finally:
+        lock.release()
+    return 0
+
+
+def cmd_review_list(args: argparse.Namespace, settings: Settings) -> int:
+    from sender.review import list_unknown
+
+    rows = list_unknown(_engine(settings, readonly=True))
+    if args.json:
+        _print_json(rows)
+        return 0
+    if not rows:
+        print("no unknown sends to review")
+    for r in rows:
+        print(f"{r['id']:>6}  {r['campaign']}  {r['email']}  step {r['step']}  variant {r['variant']}  "
+              f"{r['message_id']}  by {r['instance']} ({r['host']} pid {r['pid']}) at {r['transmit_at']}: "
+              f"{r['smtp_reply']}")  # fmt: skip
+    return 0
+
+
+def _review(requeue: bool) -> Callable[[argparse.Namespace, Settings], int]:
+    def run(args: argparse.Namespace, settings: Settings) -> int:
+        from sender.campaigns import default_actor
+        from sender.review import resolve
+
+        if requeue:
+            print("warning: requeueing sends this email again; the recipient may get a second copy", file=sys.stderr)
+        engine = _engine(settings)
+        result = resolve(engine, args.id, requeue=requeue, actor=args.actor or default_actor(), now=_db_now(engine))
+        print(f"send {result['id']}: {result['resolution']}")
+        return 0
+
+    return run
+
+
+def cmd_sink(args: argparse.Namespace, settings: Settings) -> int:
+    from sender.sink import run_sink
+
+    run_sink(args.host, args.port, args.maildir)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from sender.demo import seed_demo
+
+    print(seed_demo(settings.database_url, fresh=args.fresh))
+    return 0
+
+
+# --- parser --------------------------------------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2 (CLI.md)
+        self.exit(2, f"sendguard: {message} (see `{self.prog} --help`)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="sendguard", description="Email campaigns that never send a lead the same email twice.")
+    p.add_argument("--database-url", help="overrides SENDGUARD_DATABASE_URL")
+    p.add_argument("--log-level", default=os.environ.get("SENDGUARD_LOG_LEVEL", "INFO"))
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    db = sub.add_parser("db", help="schema").add_subparsers(dest="db_command", required=True, parser_class=_Parser)
+    db.add_parser("upgrade", help="create or migrate the schema (idempotent)").set_defaults(fn=cmd_db_upgrade)
+
+    camp = sub.add_parser("campaign").add_subparsers(dest="campaign_command", required=True, parser_class=_Parser)
+    create = camp.add_parser("create", help="draft campaign from a TOML file")
+    create.add_argument("file")
+    create.add_argument("--update", action="store_true", help="update an existing campaign of that name")
+    create.set_defaults(fn=cmd_campaign_create)
+    lst = camp.add_parser("list")
+    lst.add_argument("--json", action="store_true")
+    lst.set_defaults(fn=cmd_campaign_list)
+    for verb in ("start", "pause", "resume"):
+        t = camp.add_parser(verb)
+        t.add_argument("name")
+        t.add_argument("--reason")
+        t.add_argument("--actor", help="who does this (default: cli:USER@HOST)")
+        t.set_defaults(fn=_transition(verb))
+
+    leads = sub.add_parser("leads").add_subparsers(dest="leads_command", required=True, parser_class=_Parser)
+    imp = leads.add_parser("import", help="enroll leads from a CSV file")
+    imp.add_argument("campaign")
+    imp.add_argument("file")
+    imp.add_argument("--json", action="store_true")
+    imp.set_defaults(fn=cmd_leads_import)
+    ll = leads.add_parser("list", help="one row per enrollment")
+    ll.add_argument("campaign")
+    ll.add_argument("--status")
+    ll.add_argument("--json", action="store_true")
+    ll.set_defaults(fn=cmd_leads_list)
+
+    run = sub.add_parser("run", help="the sender service")
+    mode = run.add_mutually_exclusive_group()
+    mode.add_argument("--once", action="store_true", help="one tick, then exit")
+    mode.add_argument("--until-idle", action="store_true", help="exit 0 once nothing is queued or sending")
+    run.add_argument("--interval", type=float, default=5.0, help="seconds between ticks (default 5)")
+    run.add_argument("--dry-run", metavar="DIR", help="write one .eml per message to DIR instead of sending")
+    run.add_argument("--smtp-url", help="overrides SENDGUARD_SMTP_URL")
+    run.add_argument("--max-senders", type=int, help="overrides SENDGUARD_MAX_SENDERS")
+    run.add_argument("--lock-file", help="overrides SENDGUARD_LOCK_FILE")
+    run.add_argument("--batch", type=int, default=4, help="enrollments claimed per transaction (default 4)")
+    run.set_defaults(fn=cmd_run)
+
+    st = sub.add_parser("status")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(fn=cmd_status)
+
+    rev = sub.add_parser("review", help="resolve unknown sends").add_subparsers(
+        dest="review_command", required=True, parser_class=_Parser
+    )
+    rl = rev.add_parser("list")
+    rl.add_argument("--json", action="store_true")
+    rl.set_defaults(fn=cmd_review_list)
+    for verb, requeue in (("deliver", False), ("requeue", True)):
+        r = rev.add_parser(verb)
+        r.add_argument("id", type=int)
+        r.add_argument("--actor")
+        r.set_defaults(fn=_review(requeue))
+
+    sink = sub.add_parser("sink", help="local capture SMTP server (demo)")
+    sink.add_argument("--host", default="127.0.0.1")
+    sink.add_argument("--port", type=int, default=2525)
+    sink.add_argument("--maildir", default="maildir")
+    sink.set_defaults(fn=cmd_sink)
+
+    demo = sub.add_parser("demo", help="seed a demo database")
+    demo.add_argument("--fresh", action="store_true", help="seed even if demo data exists (adds a new set)")
+    demo.set_defaults(fn=cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    try:
+        settings = load_settings()
+        settings = settings.with_overrides(
+            database_url=args.database_url,
+            smtp_url=getattr(args, "smtp_url", None),
+            max_senders=getattr(args, "max_senders", None),
+            lock_file=getattr(args, "lock_file", None),
+        )
+        return int(args.fn(args, settings))
+    except UsageError as exc:
+        print(f"sendguard: {exc}", file=sys.stderr)
+        return 2
+    except LockHeld as exc:
+        print(f"sendguard: {exc}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # one line for operators; the traceback only on request
+        if os.environ.get("SENDGUARD_DEBUG"):
+            raise
+        print(f"sendguard: unexpected error: {_safe(exc)} (set SENDGUARD_DEBUG=1 for a traceback)", file=sys.stderr)
+        return 1
+
+
+def _safe(exc: BaseException) -> str:
+    """Exception text without credentials (SQLAlchemy puts URLs and statements in its messages)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    if isinstance(exc, SQLAlchemyError):
+        orig = getattr(exc, "orig", None)
+        text = f"{exc.__class__.__name__}: {orig.__class__.__name__ if orig else ''} {str(orig or '').splitlines()[0:1]}"
+    else:
+        text = f"{exc.__class__.__name__}: {exc}"
+    return text.replace("\n", " ")[:500]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

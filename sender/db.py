@@ -1,0 +1,69 @@
+"""Engines for both backends, configured for the claim protocol's needs.
+
+SQLite: pysqlite's own implicit (deferred) BEGIN is switched off and every transaction starts with
+BEGIN IMMEDIATE, because in WAL mode a deferred read-then-write fails with SQLITE_BUSY at once,
+whatever the busy timeout (DESIGN.md, Pitfalls). synchronous=FULL so the `transmitting` mark is on
+disk before the first byte of DATA leaves; SENDGUARD_SQLITE_SYNCHRONOUS=NORMAL is the documented
+opt-out.
+PostgreSQL: psycopg 3, TCP keepalives so a dead peer is noticed, synchronous_commit left on.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def is_sqlite(engine_or_url: Engine | str) -> bool:
+    url = engine_or_url.url if isinstance(engine_or_url, Engine) else make_url(engine_or_url)
+    return url.get_backend_name() == "sqlite"
+
+
+def make_engine(url: str, *, readonly: bool = False, pool_size: int = 5) -> Engine:
+    """`readonly` engines (dashboard, status) begin deferred so they never queue behind the writer."""
+    if is_sqlite(url):
+        return _sqlite_engine(url, readonly=readonly)
+    connect_args: dict[str, Any] = {
+        "application_name": "sendguard",
+        "connect_timeout": 10,
+        "keepalives": 1,
+        "keepalives_idle": 30,
+        "keepalives_interval": 10,
+        "keepalives_count": 3,
+    }
+    return create_engine(
+        url, pool_pre_ping=True, pool_size=pool_size, max_overflow=2, connect_args=connect_args
+    )
+
+
+def _sqlite_engine(url: str, *, readonly: bool) -> Engine:
+    synchronous = os.environ.get("SENDGUARD_SQLITE_SYNCHRONOUS", "FULL").upper()
+    if synchronous not in ("FULL", "NORMAL", "EXTRA"):
+        synchronous = "FULL"
+    engine = create_engine(
+        url,
+        connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
+    )
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute(f"PRAGMA synchronous = {synchronous}")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.close()
+
+    begin = "BEGIN" if readonly else "BEGIN IMMEDIATE"
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql(begin)
+
+    return engine

@@ -1,0 +1,302 @@
+"""One pass of the claim-and-send protocol for one campaign: claim+reserve, then gate, transmit, record.
+
+The steps and their order are the guarantee (DESIGN.md); the SQL for each lives in sender/claim.py.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from email.utils import parseaddr
+
+from sqlalchemy import Connection, Engine, insert
+from sqlalchemy.exc import DBAPIError
+
+from models import Campaign, CampaignEvent, EnrollmentStatus, SendStatus, Variant
+from sender import claim as q
+from sender.clock import Clock
+from sender.config import Settings
+from sender.message import build_message, message_id
+from sender.pacing import local_day_start
+from sender.templates import render
+from sender.transport import Outcome, SendResult, Transport
+
+log = logging.getLogger("sendguard.sender")
+
+
+@dataclass(frozen=True)
+class Identity:
+    instance_id: str
+    host: str
+    pid: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    """An active campaign as the sender needs it for one pass: its row and its variants by letter."""
+
+    campaign: Campaign
+    variants: dict[str, Variant]
+
+    @property
+    def paced(self) -> bool:
+        return self.campaign.min_interval_seconds > 0 or self.campaign.daily_limit is not None
+
+
+@dataclass(frozen=True)
+class Reservation:
+    claimed: q.Claimed
+    send_id: int
+    lead: q.LeadData
+    message_id: str
+
+
+@dataclass
+class BatchResult:
+    reservations: list[Reservation] = field(default_factory=list)
+    handled: int = 0  # claims ended without a send (suppressed, duplicate prevented)
+    wait_until: datetime | None = None  # pacing: the campaign's next turn
+    limit_reached: bool = False  # daily limit: nothing more today
+
+
+@dataclass
+class PassStats:
+    sent: int = 0
+    failed: int = 0
+    deferred: int = 0
+    unknown: int = 0
+    skipped: int = 0
+    released: int = 0
+    auth_failed: bool = False
+
+    def add(self, other: PassStats) -> None:
+        for name in ("sent", "failed", "deferred", "unknown", "skipped", "released"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.auth_failed = self.auth_failed or other.auth_failed
+
+    @property
+    def total(self) -> int:
+        return self.sent + self.failed + self.deferred + self.unknown + self.skipped
+
+
+def claim_batch(
+    engine: Engine, plan: Plan, ident: Identity, settings: Settings, clock: Clock, limit: int
+) -> BatchResult:
+    """Step 1 and 2 in one short transaction: claim up to `limit` enrollments and reserve each."""
+    campaign = plan.campaign
+    result = BatchResult()
+    with engine.connect() as conn:
+        tx = conn.begin()
+        now = clock.now()
+        if plan.paced:
+            interval = campaign.min_interval_seconds + random.uniform(0, campaign.jitter_seconds)
+            if not q.take_pacing_turn(conn, campaign_id=campaign.id, now=now, next_at=now + timedelta(seconds=interval)):
+                tx.rollback()
+                result.wait_until = _next_turn(engine, campaign.id)
+                return result
+            if campaign.min_interval_seconds > 0:
+                limit = 1
+            if campaign.daily_limit is not None:
+                used = q.sends_since(conn, campaign_id=campaign.id, day_start=local_day_start(campaign, now))
+                limit = min(limit, campaign.daily_limit - used)
+                if limit <= 0:
+                    tx.rollback()
+                    result.limit_reached = True
+                    return result
+        claimed = q.claim(
+            conn,
+            campaign_id=campaign.id,
+            limit=limit,
+            token_prefix=f"{ident.instance_id}.{random.getrandbits(48):012x}.",
+            instance=ident.instance_id,
+            now=now,
+            lease_until=now + timedelta(seconds=settings.lease_seconds),
+        )
+        if not claimed:
+            tx.rollback()  # gives the pacing turn back: nothing was due
+            return result
+        leads = q.lead_data(conn, [c.lead_id for c in claimed])
+        for c in claimed:
+            lead = leads[c.lead_id]
+            if lead.suppressed:
+                q.finish_unsent(conn, c, status=EnrollmentStatus.SKIPPED, reason="suppressed", now=now)
+                result.handled += 1
+                continue
+            mid = message_id(c.campaign_id, c.lead_id, c.step, campaign.from_addr)
+            send_id = q.reserve(conn, c, message_id=mid, instance=ident.instance_id, host=ident.host, pid=ident.pid, now=now)
+            if send_id is None:
+                _guard_fired(conn, c, ident, now)
+                result.handled += 1
+                continue
+            result.reservations.append(Reservation(c, send_id, lead, mid))
+        tx.commit()
+    return result
+
+
+def _guard_fired(conn: Connection, c: q.Claimed, ident: Identity, now: datetime) -> None:
+    """A live send_log row already exists for this key: never send, and leave a trace of the race."""
+    q.finish_unsent(conn, c, status=EnrollmentStatus.SKIPPED, reason="duplicate_prevented", now=now)
+    conn.execute(
+        insert(CampaignEvent.__table__).values(
+            campaign_id=c.campaign_id,
+            kind="duplicate_prevented",
+            actor=f"sender:{ident.instance_id}",
+            reason=f"enrollment {c.enrollment_id} (step {c.step}) already has a live send",
+            lead_id=c.lead_id,
+            instance_id=ident.instance_id,
+            created_at=now,
+        )
+    )
+    log.warning("duplicate prevented: campaign %s lead %s step %s", c.campaign_id, c.lead_id, c.step)
+
+
+def _next_turn(engine: Engine, campaign_id: int) -> datetime | None:
+    with engine.connect() as conn:
+        return conn.execute(
+            Campaign.__table__.select().with_only_columns(Campaign.__table__.c.next_send_at).where(
+                Campaign.__table__.c.id == campaign_id
+            )
+        ).scalar_one_or_none()
+
+
+def deliver(
+    engine: Engine,
+    transport: Transport,
+    plan: Plan,
+    r: Reservation,
+    settings: Settings,
+    clock: Clock,
+) -> PassStats:
+    """Steps 3-5 for one reservation: gate, transmit, record."""
+    stats = PassStats()
+    campaign, c = plan.campaign, r.claimed
+    try:
+        msg = _render(plan, r)
+    except Exception as exc:  # a template that cannot render for this lead: never transmit a broken mail
+        with engine.begin() as conn:
+            q.finish_unsent(
+                conn, c, status=EnrollmentStatus.FAILED, reason="template_error", now=clock.now(), error=str(exc)[:500]
+            )
+        stats.failed += 1
+        return stats
+
+    with engine.begin() as conn:
+        gated = q.commit_to_transmit(conn, c, send_id=r.send_id, now=clock.now())
+    if not gated:
+        # Paused, or our claim was taken over: nothing left this host, so hand it back untouched.
+        with engine.begin() as conn:
+            q.release(conn, c, now=clock.now())
+        stats.released += 1
+        return stats
+
+    result = transport.send(msg, parseaddr(campaign.from_addr)[1], r.lead.email)
+    _record_with_retry(engine, r, result, settings, clock)
+    match result.outcome:
+        case Outcome.SENT:
+            stats.sent += 1
+        case Outcome.FAILED:
+            stats.failed += 1
+        case Outcome.DEFERRED:
+            stats.deferred += 1
+        case Outcome.UNKNOWN:
+            stats.unknown += 1
+    stats.auth_failed = result.auth_failed
+    log.info(
+        "campaign=%s enrollment=%s attempt=%s outcome=%s code=%s",
+        campaign.name,
+        c.enrollment_id,
+        c.attempts,
+        result.outcome.value,
+        result.code,
+    )
+    return stats
+
+
+def _render(plan: Plan, r: Reservation):  # -> EmailMessage
+    campaign, lead = plan.campaign, r.lead
+    variant = plan.variants[r.claimed.variant]
+    context: dict[str, object] = dict(json.loads(lead.fields or "{}"))
+    context.update(email=lead.email)
+    if lead.first_name is not None:
+        context["first_name"] = lead.first_name
+    if lead.last_name is not None:
+        context["last_name"] = lead.last_name
+    return build_message(
+        from_addr=campaign.from_addr,
+        to_addr=lead.email,
+        subject=render(variant.subject, context),
+        body=render(variant.body, context),
+        message_id=r.message_id,
+        reply_to=campaign.reply_to,
+        unsubscribe=campaign.unsubscribe,
+        campaign=campaign.name,
+    )
+
+
+def outcome_states(
+    result: SendResult, attempts: int, settings: Settings, now: datetime
+) -> tuple[SendStatus, EnrollmentStatus, str | None, datetime]:
+    """Step 5's table: what an SMTP outcome means for the send_log row and the enrollment."""
+    match result.outcome:
+        case Outcome.SENT:
+            return SendStatus.SENT, EnrollmentStatus.SENT, None, now
+        case Outcome.FAILED:
+            reason = "hard_bounce" if result.hard_bounce else "rejected"
+            return SendStatus.FAILED, EnrollmentStatus.FAILED, reason, now
+        case Outcome.UNKNOWN:
+            return SendStatus.UNKNOWN, EnrollmentStatus.UNKNOWN, "ambiguous_smtp_outcome", now
+        case Outcome.DEFERRED:
+            if attempts >= settings.max_attempts:
+                return SendStatus.DEFERRED, EnrollmentStatus.FAILED, "max_attempts", now
+            backoff = settings.retry_base_seconds * (2 ** max(0, attempts - 1))
+            return SendStatus.DEFERRED, EnrollmentStatus.QUEUED, "deferred", now + timedelta(seconds=backoff)
+    raise AssertionError(result.outcome)
+
+
+def _record_with_retry(engine: Engine, r: Reservation, result: SendResult, settings: Settings, clock: Clock) -> None:
+    """Step 5, retried on database errors: the record is idempotent, and giving up is safe too (the
+    reaper then marks the send unknown, never resends it)."""
+    deadline = time.monotonic() + max(settings.lease_seconds, 30.0)
+    delay = 0.05
+    while True:
+        now = clock.now()
+        send_status, status, reason, next_at = outcome_states(result, r.claimed.attempts, settings, now)
+        try:
+            with engine.begin() as conn:
+                q.record(
+                    conn,
+                    r.claimed,
+                    send_id=r.send_id,
+                    send_status=send_status,
+                    enrollment_status=status,
+                    reason=reason,
+                    code=result.code,
+                    reply=result.reply,
+                    now=now,
+                    next_at=next_at,
+                )
+                if result.hard_bounce:
+                    q.suppress(conn, email=r.lead.email, reason="hard_bounce", detail=result.reply, now=now)
+            return
+        except DBAPIError as exc:
+            if time.monotonic() > deadline:
+                log.error("giving up recording enrollment %s: %s", r.claimed.enrollment_id, exc.__class__.__name__)
+                return
+            log.warning("recording enrollment %s failed (%s), retrying", r.claimed.enrollment_id, exc.__class__.__name__)
+            time.sleep(delay)  # backoff between reconnect attempts, not synchronisation
+            delay = min(delay * 2, 2.0)
+
+
+def release_all(engine: Engine, reservations: list[Reservation], clock: Clock) -> int:
+    """On shutdown: give back every reservation that never reached the gate."""
+    released = 0
+    if not reservations:
+        return 0
+    with engine.begin() as conn:
+        for r in reservations:
+            released += q.release(conn, r.claimed, now=clock.now())
+    return released

@@ -1,0 +1,272 @@
+"""The sender service: register, hold a DB-lock slot, reap, and run send passes on a `schedule` tick."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import schedule
+from sqlalchemy import Engine, insert, select, text, update
+
+from models import Campaign, CampaignStatus, SenderInstance, Variant
+from sender import claim as q
+from sender.clock import Clock, DatabaseClock
+from sender.config import Settings
+from sender.pacing import local_day_start, window_open
+from sender.sending import Identity, PassStats, Plan, Reservation, claim_batch, deliver, release_all
+from sender.transport import Transport
+from sender.version import VERSION
+
+log = logging.getLogger("sendguard.sender")
+
+DEFAULT_BATCH = 4
+
+
+@dataclass
+class TickReport:
+    stats: PassStats
+    slot: int | None
+
+
+class SenderService:
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine,
+        transport: Transport,
+        *,
+        clock: Clock | None = None,
+        batch: int = DEFAULT_BATCH,
+        lock_file: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.transport = transport
+        self.clock = clock or DatabaseClock(engine)
+        self.batch = max(1, batch)
+        self.lock_file = lock_file
+        self.ident = Identity(uuid.uuid4().hex[:16], socket.gethostname(), os.getpid())
+        self.slot: int | None = None
+        self.stop_event = threading.Event()
+        self._in_hand: list[Reservation] = []
+        self._last_heartbeat = 0.0
+        self.totals = PassStats()
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    def register(self) -> None:
+        now = self.clock.now()
+        with self.engine.begin() as conn:
+            conn.execute(
+                insert(SenderInstance.__table__).values(
+                    id=self.ident.instance_id,
+                    host=self.ident.host,
+                    pid=self.ident.pid,
+                    version=VERSION,
+                    started_at=now,
+                    heartbeat_at=now,
+                    lock_file=self.lock_file,
+                )
+            )
+        log.info("sender %s registered (host %s, pid %s)", self.ident.instance_id, self.ident.host, self.ident.pid)
+
+    def heartbeat(self) -> None:
+        """Renew the slot lease and the instance heartbeat; without a slot this sender stands by."""
+        now = self.clock.now()
+        until = now + timedelta(seconds=self.settings.lease_seconds)
+        with self.engine.begin() as conn:
+            slot = q.take_slot(
+                conn, slots=self.settings.max_senders, instance=self.ident.instance_id, now=now, until=until
+            )
+            conn.execute(
+                update(SenderInstance.__table__)
+                .where(SenderInstance.__table__.c.id == self.ident.instance_id)
+                .values(heartbeat_at=now, slot=slot)
+            )
+        if slot != self.slot:
+            log.info("sender %s: %s", self.ident.instance_id, f"active in slot {slot}" if slot is not None else "standby")
+        self.slot = slot
+        self._last_heartbeat = time.monotonic()
+
+    def _heartbeat_if_due(self) -> None:
+        if time.monotonic() - self._last_heartbeat >= self.settings.lease_seconds / 3:
+            self.heartbeat()
+
+    def shutdown(self) -> None:
+        """Release what this sender holds: unsent claims, its slot, and mark the instance stopped."""
+        try:
+            released = release_all(self.engine, self._in_hand, self.clock)
+            self._in_hand = []
+            with self.engine.begin() as conn:
+                if self.slot is not None:
+                    q.release_slot(conn, slot=self.slot, instance=self.ident.instance_id)
+                conn.execute(
+                    update(SenderInstance.__table__)
+                    .where(SenderInstance.__table__.c.id == self.ident.instance_id)
+                    .values(stopped_at=self.clock.now(), slot=None)
+                )
+            self.slot = None
+            if released:
+                log.info("released %d unsent claims", released)
+        finally:
+            self.transport.close()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    # --- work ------------------------------------------------------------------------------------
+
+    def reap(self) -> q.Reaped:
+        requeued = unknown = 0
+        now = self.clock.now()
+        with self.engine.connect() as conn:
+            with conn.begin():
+                expired = q.expired_claims(conn, now=now)
+        for enrollment_id, token in expired:
+            with self.engine.begin() as conn:
+                status = q.reap_one(conn, enrollment_id=enrollment_id, token=token, now=self.clock.now())
+            if status is not None:
+                if status.value == "unknown":
+                    unknown += 1
+                else:
+                    requeued += 1
+        if expired:
+            log.warning("reaped %d expired claims: %d requeued, %d unknown", len(expired), requeued, unknown)
+        return q.Reaped(requeued, unknown)
+
+    def plans(self) -> list[Plan]:
+        with self.engine.connect() as conn:
+            with conn.begin():
+                campaigns = [
+                    Campaign.model_validate(dict(row._mapping))
+                    for row in conn.execute(
+                        select(Campaign.__table__).where(Campaign.__table__.c.status == CampaignStatus.ACTIVE.value)
+                    )
+                ]
+                ids = [c.id for c in campaigns]
+                variants: dict[int, dict[str, Variant]] = {i: {} for i in ids}
+                if ids:
+                    for row in conn.execute(select(Variant.__table__).where(Variant.__table__.c.campaign_id.in_(ids))):
+                        v = Variant.model_validate(dict(row._mapping))
+                        variants[v.campaign_id][v.letter] = v
+        return [Plan(c, variants[c.id]) for c in campaigns]
+
+    def send_pass(self) -> PassStats:
+        """Round-robin over active campaigns in their window until nothing is due within one interval."""
+        stats = PassStats()
+        if self.slot is None:
+            return stats
+        plans = self.plans()
+        while not self.stop_event.is_set():
+            progressed = False
+            soonest: datetime | None = None
+            for plan in plans:
+                if self.stop_event.is_set() or self.slot is None:
+                    break
+                if not window_open(plan.campaign, self.clock.now()):
+                    continue
+                batch = claim_batch(self.engine, plan, self.ident, self.settings, self.clock, self.batch)
+                if batch.wait_until is not None:
+                    soonest = batch.wait_until if soonest is None else min(soonest, batch.wait_until)
+                if batch.handled:
+                    stats.skipped += batch.handled
+                    progressed = True
+                self._in_hand = list(batch.reservations)
+                while self._in_hand:
+                    r = self._in_hand[0]
+                    if self.stop_event.is_set():
+                        break
+                    stats.add(
+                        deliver(self.engine, self.transport, plan, r, self.settings, self.clock)
+                    )
+                    self._in_hand.pop(0)
+                    progressed = True
+                    self._heartbeat_if_due()
+                if stats.auth_failed:
+                    log.error("SMTP authentication failed: not sending until the next tick")
+                    return stats
+            if progressed:
+                continue
+            # Nothing claimable now: wait for a paced turn if it comes before the next tick.
+            if soonest is None:
+                break
+            wait = (soonest - self.clock.now()).total_seconds()
+            if wait > self.interval:
+                break
+            self.stop_event.wait(max(0.0, wait))
+            self._heartbeat_if_due()
+        return stats
+
+    def tick(self) -> TickReport:
+        self.heartbeat()
+        self.reap()
+        stats = self.send_pass()
+        self.totals.add(stats)
+        if stats.total:
+            log.info(
+                "tick: sent=%d failed=%d deferred=%d unknown=%d skipped=%d",
+                stats.sent,
+                stats.failed,
+                stats.deferred,
+                stats.unknown,
+                stats.skipped,
+            )
+        return TickReport(stats, self.slot)
+
+    def pending(self) -> int:
+        """Enrollments that keep `--until-idle` running: sending, or queued in an open, under-limit campaign."""
+        now = self.clock.now()
+        total = 0
+        plans = self.plans()  # before opening the transaction: SQLite allows one writer connection
+        with self.engine.connect() as conn:
+            with conn.begin():
+                total += conn.execute(_SENDING_ACTIVE).scalar_one()
+                for plan in plans:
+                    c = plan.campaign
+                    if not window_open(c, now):
+                        continue
+                    if c.daily_limit is not None and (
+                        q.sends_since(conn, campaign_id=c.id, day_start=local_day_start(c, now)) >= c.daily_limit
+                    ):
+                        continue
+                    total += conn.execute(_QUEUED_IN_CAMPAIGN, {"campaign_id": c.id}).scalar_one()
+        return total
+
+    # --- the loop --------------------------------------------------------------------------------
+
+    interval: float = 5.0
+
+    def run(self, *, interval: float = 5.0, once: bool = False, until_idle: bool = False) -> None:
+        self.interval = interval
+        self.register()
+        try:
+            if once:
+                self.tick()
+                return
+            scheduler = schedule.Scheduler()
+            scheduler.every(interval).seconds.do(self.tick)
+            scheduler.run_all()
+            while not self.stop_event.is_set():
+                if until_idle and self.pending() == 0:
+                    log.info("idle: no enrollment of an active campaign is queued or sending")
+                    return
+                scheduler.run_pending()
+                idle = scheduler.idle_seconds
+                self.stop_event.wait(min(interval, max(0.0, idle if idle is not None else interval)))
+        finally:
+            self.shutdown()
+
+
+_SENDING_ACTIVE = text("""
+SELECT count(*) FROM campaign_lead AS cl JOIN campaign AS c ON c.id = cl.campaign_id
+WHERE c.status = 'active' AND cl.status = 'sending'
+""")
+
+_QUEUED_IN_CAMPAIGN = text("SELECT count(*) FROM campaign_lead WHERE campaign_id = :campaign_id AND status = 'queued'")
+

@@ -1,0 +1,303 @@
+"""A real SMTP server for the tests: aiosmtpd on 127.0.0.1, run in a background thread.
+
+It records what it accepted (thread-safely) and can inject faults per recipient and phase, so the
+integration tests can prove what actually reached the wire, not what the sender believes it sent.
+
+Also a pytest plugin: `pytest_plugins = ["tests.smtp_peer"]` provides the fixtures `smtp_peer`
+(a started, fault-free peer) and `smtp_peer_factory` (start peers with faults).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import email.parser
+import email.policy
+import itertools
+import logging
+import socket
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+log = logging.getLogger(__name__)
+
+__all__ = ["BoundController", "Received", "SmtpPeer", "smtp_peer", "smtp_peer_factory"]
+
+FaultHook = Callable[[str, str, int], "str | None"]
+
+PHASES = ("rcpt", "data_end")
+ACTIONS = ("452", "550", "421", "drop_after_data", "hang_after_data")
+_REPLIES = {
+    "452": "452 4.2.2 Mailbox full, try again later (injected)",
+    "550": "550 5.1.1 No such user here (injected)",
+    "421": "421 4.7.0 Service shutting down, closing channel (injected)",
+}
+
+
+class BoundController(Controller):
+    """An aiosmtpd Controller on a socket bound before start, so port 0 works without a race.
+
+    aiosmtpd's own Controller needs a known port up front (it connects to it to check readiness);
+    "find a free port, close it, hope nobody takes it" is flaky under parallel test runs.
+    `smtp_class` lets a test substitute an SMTP subclass that misbehaves on purpose.
+    """
+
+    def __init__(
+        self,
+        handler: Any,
+        *,
+        smtp_class: type[SMTP] = SMTP,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        **smtp_kwargs: Any,
+    ) -> None:
+        self._sock = socket.create_server((host, port), backlog=256)
+        try:
+            bound_port = self._sock.getsockname()[1]
+            # A fixed banner name: otherwise every connection pays for socket.getfqdn().
+            smtp_kwargs.setdefault("server_hostname", "smtp-peer.test")
+            super().__init__(handler, hostname=host, port=bound_port, **smtp_kwargs)
+        except BaseException:
+            self._sock.close()
+            raise
+        self._smtp_class = smtp_class
+
+    @property
+    def url(self) -> str:
+        return f"smtp://{self.hostname}:{self.port}"
+
+    def factory(self) -> SMTP:
+        return self._smtp_class(self.handler, **self.SMTP_kwargs)
+
+    def _create_server(self) -> Awaitable[asyncio.AbstractServer]:
+        return self.loop.create_server(self._factory_invoker, sock=self._sock, ssl=self.ssl_context, backlog=256)
+
+    def start(self) -> None:
+        try:
+            super().start()
+        except BaseException:
+            self._sock.close()
+            raise
+
+    def stop(self, no_assert: bool = False) -> None:
+        super().stop(no_assert=no_assert)
+        # The asyncio server normally closes it; this covers a controller that never started.
+        self._sock.close()
+
+
+@dataclass(frozen=True)
+class Received:
+    recipient: str
+    message_id: str
+    campaign: str
+    at: float
+
+
+class _PeerSMTP(SMTP):
+    """Counts client connections (the tests assert on reconnects)."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        first = self.transport is None
+        super().connection_made(transport)
+        peer = getattr(self.event_handler, "peer", None)
+        if first and isinstance(peer, SmtpPeer):
+            peer._connected()
+
+
+class _PeerHandler:
+    def __init__(self, peer: SmtpPeer) -> None:
+        self.peer = peer
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
+    ) -> str:
+        action = self.peer._fault(address, "rcpt")
+        if action is None:
+            envelope.rcpt_tos.append(address)
+            envelope.rcpt_options.extend(rcpt_options)
+            return "250 2.1.5 Ok"
+        if action not in _REPLIES:
+            self.peer._error(ValueError(f"action {action!r} is not valid in phase 'rcpt'"))
+            return "451 4.3.0 bad fault action (see SmtpPeer.errors)"
+        return self._reply(server, action)
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        content = envelope.content
+        assert isinstance(content, bytes)
+        # Every recipient gets asked (so the nth counters advance for all); the first action wins.
+        actions = [self.peer._fault(rcpt, "data_end") for rcpt in envelope.rcpt_tos]
+        action = next((a for a in actions if a is not None), None)
+        if action is not None and action not in ACTIONS:
+            self.peer._error(ValueError(f"unknown fault action {action!r}"))
+            return "451 4.3.0 bad fault action (see SmtpPeer.errors)"
+        if action in _REPLIES:
+            return self._reply(server, action)
+
+        self.peer._store(envelope.rcpt_tos, content)
+        if action == "drop_after_data":
+            assert server.transport is not None
+            server.transport.close()
+            # Never return: a returned status would be written after the close. The task is
+            # cancelled by connection_lost.
+            await asyncio.Event().wait()
+        elif action == "hang_after_data":
+            # Until the client gives up and disconnects (which cancels us) or the peer stops.
+            await asyncio.Event().wait()
+        return f"250 2.0.0 Ok: queued as {self.peer._next_queue_id()}"
+
+    @staticmethod
+    def _reply(server: SMTP, action: str) -> str:
+        if action == "421":
+            # 421 means the server closes the channel; close right after the reply is written
+            # (the write happens before this callback runs, and close() flushes it).
+            assert server.transport is not None
+            asyncio.get_running_loop().call_soon(server.transport.close)
+        return _REPLIES[action]
+
+
+class SmtpPeer:
+    """aiosmtpd on 127.0.0.1 (free port) in a background thread; thread-safe record of what it accepted."""
+
+    def __init__(self, faults: FaultHook | None = None) -> None:
+        self._faults = faults
+        self._cond = threading.Condition()
+        self._received: list[Received] = []
+        self._seen: collections.Counter[tuple[str, str]] = collections.Counter()
+        self._connections = 0
+        self._queue_ids = itertools.count(1)
+        self._parser = email.parser.BytesHeaderParser(policy=email.policy.compat32)
+        self._controller: BoundController | None = None
+        self.errors: list[BaseException] = []
+        self.url = ""
+
+    def __repr__(self) -> str:
+        return f"SmtpPeer({self.url or 'not started'}, received={self.count()})"
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> SmtpPeer:
+        if self._controller is not None:
+            raise RuntimeError("SmtpPeer already started")
+        controller = BoundController(_PeerHandler(self), smtp_class=_PeerSMTP)
+        controller.start()
+        self._controller = controller
+        self.url = controller.url
+        with self._cond:
+            # Controller.start() opened one connection of its own to check readiness.
+            self._connections = 0
+        return self
+
+    def stop(self) -> None:
+        controller, self._controller = self._controller, None
+        if controller is not None:
+            controller.stop()
+
+    def __enter__(self) -> SmtpPeer:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        if self._controller is None:
+            raise RuntimeError("SmtpPeer not started")
+        return self._controller.port
+
+    # -- what it saw --------------------------------------------------------------------------
+
+    def received(self) -> list[Received]:
+        with self._cond:
+            return list(self._received)
+
+    def count(self, campaign: str | None = None) -> int:
+        with self._cond:
+            if campaign is None:
+                return len(self._received)
+            return sum(1 for r in self._received if r.campaign == campaign)
+
+    def per_recipient(self) -> collections.Counter[str]:
+        with self._cond:
+            return collections.Counter(r.recipient for r in self._received)
+
+    def connections(self) -> int:
+        """Client connections accepted so far (a reconnect shows up here)."""
+        with self._cond:
+            return self._connections
+
+    def wait_for(self, n: int, timeout: float) -> bool:
+        """Block until at least n messages were accepted; False if the deadline passed first."""
+        with self._cond:
+            return self._cond.wait_for(lambda: len(self._received) >= n, timeout)
+
+    # -- called from the server thread -------------------------------------------------------
+
+    def _fault(self, recipient: str, phase: str) -> str | None:
+        recipient = recipient.lower()
+        with self._cond:
+            self._seen[(recipient, phase)] += 1
+            nth = self._seen[(recipient, phase)]
+        if self._faults is None:
+            return None
+        try:
+            return self._faults(recipient, phase, nth)
+        except Exception as exc:  # a broken hook must fail the test, not kill the server
+            self._error(exc)
+            return None
+
+    def _error(self, exc: BaseException) -> None:
+        log.error("SmtpPeer fault hook: %r", exc)
+        with self._cond:
+            self.errors.append(exc)
+
+    def _store(self, recipients: list[str], content: bytes) -> None:
+        headers = self._parser.parsebytes(content)
+        message_id = str(headers.get("Message-ID", "")).strip()
+        campaign = str(headers.get("X-Sendguard-Campaign", "")).strip()
+        now = time.time()
+        with self._cond:
+            for rcpt in recipients:
+                self._received.append(Received(rcpt.lower(), message_id, campaign, now))
+            self._cond.notify_all()
+
+    def _connected(self) -> None:
+        with self._cond:
+            self._connections += 1
+
+    def _next_queue_id(self) -> str:
+        return f"Q{next(self._queue_ids):06d}"
+
+
+@pytest.fixture
+def smtp_peer() -> Iterator[SmtpPeer]:
+    """A started, fault-free SmtpPeer; `smtp_peer.url` is the SMTP URL to send to."""
+    with SmtpPeer() as peer:
+        yield peer
+    assert not peer.errors, f"SmtpPeer fault hook errors: {peer.errors}"
+
+
+@pytest.fixture
+def smtp_peer_factory() -> Iterator[Callable[..., SmtpPeer]]:
+    """Call with a faults hook to get a started SmtpPeer; all are stopped after the test."""
+    peers: list[SmtpPeer] = []
+
+    def make(faults: FaultHook | None = None) -> SmtpPeer:
+        peer = SmtpPeer(faults).start()
+        peers.append(peer)
+        return peer
+
+    yield make
+    for peer in peers:
+        peer.stop()
+    errors = [e for peer in peers for e in peer.errors]
+    assert not errors, f"SmtpPeer fault hook errors: {errors}"
