@@ -170,15 +170,22 @@ class _Checker:
             raise self.fail(key, f"contains a control character (U+{ord(bad):04X})")
         if not text:
             raise self.fail(key, "must not be empty")
-        _, addr = parseaddr(text)
-        # parseaddr silently takes the first of several addresses and repairs a missing '>': the
-        # header parser's defects and getaddresses' count catch what it would paper over.
-        header = default_policy.header_factory("From", text)
-        defects = [d for d in header.defects if not isinstance(d, email_errors.ObsoleteHeaderDefect)]
-        if len(getaddresses([text])) != 1 or len(header.addresses) != 1 or defects:
+        if len(getaddresses([text])) != 1:
             raise self.fail(key, f"must be exactly one email address, got {_shorten(text)!r}")
+        _, addr = parseaddr(text)
         if not addr or not is_valid_email(addr):
             raise self.fail(key, f"{_shorten(addr or text)!r} is not a valid email address")
+        # parseaddr quietly repairs what it cannot parse (a missing '>', trailing junk); the stricter
+        # header parser reports those as defects. It also raises assorted exceptions on odd input,
+        # all of which mean the same thing here.
+        try:
+            header = default_policy.header_factory("From", text)
+            defects = [d for d in header.defects if not isinstance(d, email_errors.ObsoleteHeaderDefect)]
+            well_formed = len(header.addresses) == 1 and not defects
+        except Exception:
+            well_formed = False
+        if not well_formed:
+            raise self.fail(key, f"malformed address {_shorten(text)!r}")
         return text
 
     def unsubscribe(self, value: object) -> str:

@@ -272,7 +272,7 @@ def release(conn: Connection, c: Claimed, *, now: datetime) -> bool:
 # Safe: CAS on the token, from `sending` only.
 _FINISH_UNSENT = _sql("""
 UPDATE campaign_lead
-SET status = :status, reason = :reason, last_error = :error, lease_expires_at = NULL, updated_at = :now
+SET status = CAST(:status AS VARCHAR(16)), reason = :reason, last_error = :error, lease_expires_at = NULL, updated_at = :now
 WHERE id = :enrollment_id AND claim_token = :token AND status = 'sending'
 """)
 
@@ -298,16 +298,16 @@ def finish_unsent(
 # Safe: only this claim's row; `unknown` is accepted because the reaper may have given up on a slow
 # transmission that did finish, and a definite answer beats an ambiguous one.
 _RECORD_SEND = _sql("""
-UPDATE send_log SET status = :status, finished_at = :now, smtp_code = :code, smtp_reply = :reply
+UPDATE send_log SET status = CAST(:status AS VARCHAR(16)), finished_at = :now, smtp_code = :code, smtp_reply = :reply
 WHERE id = :send_id AND claim_token = :token AND status IN ('transmitting', 'unknown')
 """)
 
 # Safe: CAS on the token, from `sending` or from `unknown` (set by the reaper while we were slow).
 _RECORD_ENROLLMENT = _sql("""
 UPDATE campaign_lead
-SET status = :status, reason = :reason, last_error = :error, next_attempt_at = :next_at,
-    claim_token = CASE WHEN :status = 'queued' THEN NULL ELSE claim_token END,
-    claimed_by = CASE WHEN :status = 'queued' THEN NULL ELSE claimed_by END,
+SET status = CAST(:status AS VARCHAR(16)), reason = :reason, last_error = :error, next_attempt_at = :next_at,
+    claim_token = CASE WHEN CAST(:status AS VARCHAR(16)) = 'queued' THEN NULL ELSE claim_token END,
+    claimed_by = CASE WHEN CAST(:status AS VARCHAR(16)) = 'queued' THEN NULL ELSE claimed_by END,
     lease_expires_at = NULL, updated_at = :now
 WHERE id = :enrollment_id AND claim_token = :token AND status IN ('sending', 'unknown')
 """)
@@ -377,9 +377,9 @@ WHERE claim_token = :token AND status = 'transmitting'
 # Safe: CAS on the token and the expired lease; a holder that recorded meanwhile wins.
 _REAP_ENROLLMENT = _sql("""
 UPDATE campaign_lead
-SET status = :status, reason = :reason,
-    claim_token = CASE WHEN :status = 'queued' THEN NULL ELSE claim_token END,
-    claimed_by = CASE WHEN :status = 'queued' THEN NULL ELSE claimed_by END,
+SET status = CAST(:status AS VARCHAR(16)), reason = :reason,
+    claim_token = CASE WHEN CAST(:status AS VARCHAR(16)) = 'queued' THEN NULL ELSE claim_token END,
+    claimed_by = CASE WHEN CAST(:status AS VARCHAR(16)) = 'queued' THEN NULL ELSE claimed_by END,
     lease_expires_at = NULL, next_attempt_at = :now, updated_at = :now
 WHERE id = :enrollment_id AND claim_token = :token AND status = 'sending' AND lease_expires_at < :now
 """)

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from email.utils import parseaddr
 
 from sqlalchemy import Connection, Engine, insert
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from models import Campaign, CampaignEvent, EnrollmentStatus, SendStatus, Variant
 from sender import claim as q
@@ -283,6 +283,8 @@ def _record_with_retry(engine: Engine, r: Reservation, result: SendResult, setti
                     q.suppress(conn, email=r.lead.email, reason="hard_bounce", detail=result.reply, now=now)
             return
         except DBAPIError as exc:
+            if not (exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError)):
+                raise  # a bug, not an outage: retrying would not help
             if time.monotonic() > deadline:
                 log.error("giving up recording enrollment %s: %s", r.claimed.enrollment_id, exc.__class__.__name__)
                 return

@@ -210,18 +210,18 @@ _EOL_RE = re.compile(rb"\r\n|\n|\r(?!\n)")
 _LEADING_DOT_RE = re.compile(rb"(?m)^\.")
 
 
-def _message_bytes(msg: email.message.Message, *, smtputf8: bool) -> bytes:
+def _message_bytes(msg: email.message.Message, *, smtputf8: bool, linesep: str = "\r\n") -> bytes:
     """The message as smtplib.send_message would put it on the wire, before dot-stuffing."""
     if "Bcc" in msg or "Resent-Bcc" in msg:
         # Same as send_message: blind copies must not reveal themselves in the delivered header.
         msg = copy.copy(msg)
         del msg["Bcc"]
         del msg["Resent-Bcc"]
-    policy = msg.policy.clone(linesep="\r\n")
+    policy = msg.policy.clone(linesep=linesep)
     if smtputf8 and hasattr(policy, "utf8"):
         policy = policy.clone(utf8=True)
     buf = io.BytesIO()
-    email.generator.BytesGenerator(buf, mangle_from_=False, policy=policy).flatten(msg, linesep="\r\n")
+    email.generator.BytesGenerator(buf, mangle_from_=False, policy=policy).flatten(msg, linesep=linesep)
     return buf.getvalue()
 
 
@@ -615,11 +615,14 @@ class DryRunTransport:
         if _bad_address(sender) or _bad_address(recipient):
             return SendResult(Outcome.FAILED, None, "invalid envelope address", "mail")
         try:
-            body = _message_bytes(msg, smtputf8=not (sender.isascii() and recipient.isascii()))
+            # Local files get local line endings: tools (and Python's parser) read them as-is.
+            body = _message_bytes(
+                msg, smtputf8=not (sender.isascii() and recipient.isascii()), linesep=os.linesep
+            )
         except Exception as exc:  # any serialization error makes the message unsendable
             return SendResult(Outcome.FAILED, None, _short(f"cannot serialize message: {exc!r}"), "payload")
         # Record the envelope the way a local delivery agent would, since it is not in the headers.
-        envelope = f"Return-Path: <{sender}>\r\nDelivered-To: {recipient}\r\n".encode()
+        envelope = f"Return-Path: <{sender}>{os.linesep}Delivered-To: {recipient}{os.linesep}".encode()
         path = os.path.join(self.directory, _filename_for(msg.get("Message-ID")))
         try:
             fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-", suffix=".eml")

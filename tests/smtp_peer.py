@@ -78,7 +78,9 @@ class BoundController(Controller):
         return self._smtp_class(self.handler, **self.SMTP_kwargs)
 
     def _create_server(self) -> Awaitable[asyncio.AbstractServer]:
-        return self.loop.create_server(self._factory_invoker, sock=self._sock, ssl=self.ssl_context, backlog=256)
+        return self.loop.create_server(
+            self._factory_invoker, sock=self._sock, ssl=self.ssl_context, backlog=256
+        )
 
     def start(self) -> None:
         try:

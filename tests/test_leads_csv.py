@@ -101,9 +101,7 @@ def test_ascii_email_uses_punycode_and_refuses_invalid() -> None:
 
 
 def test_good_rows_fields_and_lines() -> None:
-    rows, rejected, dups = parse(
-        "email,first_name,company\nana@example.com,Ana,Acme\nbob@example.org,Bob,\n"
-    )
+    rows, rejected, dups = parse("email,first_name,company\nana@example.com,Ana,Acme\nbob@example.org,Bob,\n")
     assert rejected == [] and dups == 0
     assert rows == [
         LeadRow(line=2, email="ana@example.com", fields={"first_name": "Ana", "company": "Acme"}),
@@ -167,7 +165,8 @@ def test_quoted_field_with_comma_and_escaped_quote() -> None:
 
 def test_duplicates_counted_not_rejected_first_kept() -> None:
     rows, rejected, dups = parse(
-        "email,name\nAna@Example.com,first\nbob@example.com,b\n  ana@example.COM ,second\nANA@EXAMPLE.COM,third\n"
+        "email,name\nAna@Example.com,first\nbob@example.com,b\n"
+        "  ana@example.COM ,second\nANA@EXAMPLE.COM,third\n"
     )
     assert rejected == []
     assert dups == 2
@@ -300,7 +299,7 @@ def test_empty_file(data: bytes) -> None:
 
 
 def test_not_utf8_names_offset() -> None:
-    data = "email,name\nana@example.com,Ana\n".encode() + b"bob@example.com,B\xe9b\n"
+    data = b"email,name\nana@example.com,Ana\nbob@example.com,B\xe9b\n"
     with pytest.raises(UsageError) as info:
         parse_leads(data, "leads.csv")
     message = str(info.value)

@@ -15,7 +15,7 @@ import pytest
 
 from tests.smtp_peer import Received, SmtpPeer
 
-pytest_plugins = ["tests.smtp_peer"]
+# The fixtures come from tests/conftest.py: pytest_plugins = ["tests.smtp_peer"].
 
 
 def _message(n: int, campaign: str = "spring") -> EmailMessage:
