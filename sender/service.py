@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 
 import schedule
 from sqlalchemy import Engine, insert, select, text, update
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from models import Campaign, CampaignStatus, SenderInstance, Variant
 from sender import claim as q
@@ -74,7 +75,9 @@ class SenderService:
                     lock_file=self.lock_file,
                 )
             )
-        log.info("sender %s registered (host %s, pid %s)", self.ident.instance_id, self.ident.host, self.ident.pid)
+        log.info(
+            "sender %s registered (host %s, pid %s)", self.ident.instance_id, self.ident.host, self.ident.pid
+        )
 
     def heartbeat(self) -> None:
         """Renew the slot lease and the instance heartbeat; without a slot this sender stands by."""
@@ -90,7 +93,11 @@ class SenderService:
                 .values(heartbeat_at=now, slot=slot)
             )
         if slot != self.slot:
-            log.info("sender %s: %s", self.ident.instance_id, f"active in slot {slot}" if slot is not None else "standby")
+            log.info(
+                "sender %s: %s",
+                self.ident.instance_id,
+                f"active in slot {slot}" if slot is not None else "standby",
+            )
         self.slot = slot
         self._last_heartbeat = time.monotonic()
 
@@ -146,13 +153,17 @@ class SenderService:
                 campaigns = [
                     Campaign.model_validate(dict(row._mapping))
                     for row in conn.execute(
-                        select(Campaign.__table__).where(Campaign.__table__.c.status == CampaignStatus.ACTIVE.value)
+                        select(Campaign.__table__).where(
+                            Campaign.__table__.c.status == CampaignStatus.ACTIVE.value
+                        )
                     )
                 ]
                 ids = [c.id for c in campaigns]
                 variants: dict[int, dict[str, Variant]] = {i: {} for i in ids}
                 if ids:
-                    for row in conn.execute(select(Variant.__table__).where(Variant.__table__.c.campaign_id.in_(ids))):
+                    for row in conn.execute(
+                        select(Variant.__table__).where(Variant.__table__.c.campaign_id.in_(ids))
+                    ):
                         v = Variant.model_validate(dict(row._mapping))
                         variants[v.campaign_id][v.letter] = v
         return [Plan(c, variants[c.id]) for c in campaigns]
@@ -182,9 +193,7 @@ class SenderService:
                     r = self._in_hand[0]
                     if self.stop_event.is_set():
                         break
-                    stats.add(
-                        deliver(self.engine, self.transport, plan, r, self.settings, self.clock)
-                    )
+                    stats.add(deliver(self.engine, self.transport, plan, r, self.settings, self.clock))
                     self._in_hand.pop(0)
                     progressed = True
                     self._heartbeat_if_due()
@@ -202,6 +211,15 @@ class SenderService:
             self.stop_event.wait(max(0.0, wait))
             self._heartbeat_if_due()
         return stats
+
+    def safe_tick(self) -> None:
+        """The scheduled job: a database outage skips this tick instead of killing the sender; every
+        step is a compare-and-set, so whatever was half-done is settled by the record retry or the reaper."""
+        try:
+            self.tick()
+        except (OperationalError, InterfaceError) as exc:
+            log.warning("tick skipped: database unavailable (%s)", exc.__class__.__name__)
+            self.engine.dispose()
 
     def tick(self) -> TickReport:
         self.heartbeat()
@@ -232,11 +250,18 @@ class SenderService:
                     if not window_open(c, now):
                         continue
                     if c.daily_limit is not None and (
-                        q.sends_since(conn, campaign_id=c.id, day_start=local_day_start(c, now)) >= c.daily_limit
+                        q.sends_since(conn, campaign_id=c.id, day_start=local_day_start(c, now))
+                        >= c.daily_limit
                     ):
                         continue
                     total += conn.execute(_QUEUED_IN_CAMPAIGN, {"campaign_id": c.id}).scalar_one()
         return total
+
+    def _idle(self) -> bool:
+        try:
+            return self.pending() == 0
+        except (OperationalError, InterfaceError):
+            return False
 
     # --- the loop --------------------------------------------------------------------------------
 
@@ -250,10 +275,10 @@ class SenderService:
                 self.tick()
                 return
             scheduler = schedule.Scheduler()
-            scheduler.every(interval).seconds.do(self.tick)
+            scheduler.every(interval).seconds.do(self.safe_tick)
             scheduler.run_all()
             while not self.stop_event.is_set():
-                if until_idle and self.pending() == 0:
+                if until_idle and self._idle():
                     log.info("idle: no enrollment of an active campaign is queued or sending")
                     return
                 scheduler.run_pending()
@@ -268,5 +293,6 @@ SELECT count(*) FROM campaign_lead AS cl JOIN campaign AS c ON c.id = cl.campaig
 WHERE c.status = 'active' AND cl.status = 'sending'
 """)
 
-_QUEUED_IN_CAMPAIGN = text("SELECT count(*) FROM campaign_lead WHERE campaign_id = :campaign_id AND status = 'queued'")
-
+_QUEUED_IN_CAMPAIGN = text(
+    "SELECT count(*) FROM campaign_lead WHERE campaign_id = :campaign_id AND status = 'queued'"
+)
