@@ -21,7 +21,10 @@ venv: $(STAMP)
 
 # Re-installs only when pyproject.toml is newer than the stamp.
 $(STAMP): pyproject.toml
-	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV) || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			rm -rf $(VENV); apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y python3-venv && $(PYTHON) -m venv $(VENV); \
+		else echo "!!! python venv support is missing: sudo apt-get install -y python3-venv"; exit 1; fi; }
 	$(VENV)/bin/python -m pip install --disable-pip-version-check -q -e '.[dev]'
 	@touch $(STAMP)
 

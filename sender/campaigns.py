@@ -81,14 +81,22 @@ def create_or_update(engine: Engine, spec: CampaignSpec, *, update_existing: boo
         if existing is None:
             campaign_id = conn.execute(
                 insert(Campaign.__table__)
-                .values(name=spec.name, status=CampaignStatus.DRAFT.value, created_at=now, updated_at=now, **_settings(spec))
+                .values(
+                    name=spec.name,
+                    status=CampaignStatus.DRAFT.value,
+                    created_at=now,
+                    updated_at=now,
+                    **_settings(spec),
+                )
                 .returning(C.id)
             ).scalar_one()
             action = "created"
         else:
             campaign_id = existing
             used = set(
-                conn.execute(select(CL.variant_letter).where(CL.campaign_id == campaign_id).distinct()).scalars()
+                conn.execute(
+                    select(CL.variant_letter).where(CL.campaign_id == campaign_id).distinct()
+                ).scalars()
             )
             missing = sorted(used - {v.letter for v in spec.variants})
             if missing:
@@ -96,7 +104,11 @@ def create_or_update(engine: Engine, spec: CampaignSpec, *, update_existing: boo
                     f"campaign {spec.name!r}: variant(s) {', '.join(missing)} are assigned to enrolled leads "
                     "and cannot be removed"
                 )
-            conn.execute(update(Campaign.__table__).where(C.id == campaign_id).values(updated_at=now, **_settings(spec)))
+            conn.execute(
+                update(Campaign.__table__)
+                .where(C.id == campaign_id)
+                .values(updated_at=now, **_settings(spec))
+            )
             conn.execute(delete(Variant.__table__).where(V.campaign_id == campaign_id))
             action = "updated"
         for v in spec.variants:
@@ -109,7 +121,13 @@ def create_or_update(engine: Engine, spec: CampaignSpec, *, update_existing: boo
 
 
 def record_event(
-    conn: Connection, campaign_id: int, kind: str, actor: str, reason: str | None, now: datetime, **extra: object
+    conn: Connection,
+    campaign_id: int,
+    kind: str,
+    actor: str,
+    reason: str | None,
+    now: datetime,
+    **extra: object,
 ) -> None:
     conn.execute(
         insert(CampaignEvent.__table__).values(
@@ -141,7 +159,9 @@ def check_templates(conn: Connection, campaign: Campaign) -> None:
     for letter, email, first, last, fields in rows:
         variant = variants.get(letter)
         if variant is None:
-            raise UsageError(f"campaign {campaign.name!r}: lead {email} is assigned variant {letter}, which is gone")
+            raise UsageError(
+                f"campaign {campaign.name!r}: lead {email} is assigned variant {letter}, which is gone"
+            )
         context = _template_context((email, first, last, fields))
         for what, source in (("subject", variant.subject), ("body", variant.body)):
             field = missing_field(source, context)
@@ -173,7 +193,9 @@ def _transition(
             return campaign
         if campaign.status not in {s.value for s in expected}:
             allowed = " or ".join(s.value for s in expected)
-            raise UsageError(f"campaign {name!r} is {campaign.status}; it must be {allowed} to become {to.value}")
+            raise UsageError(
+                f"campaign {name!r} is {campaign.status}; it must be {allowed} to become {to.value}"
+            )
         if check:
             check_templates(conn, campaign)
         changed = conn.execute(
@@ -195,7 +217,9 @@ def start(engine: Engine, name: str, *, actor: str, reason: str | None, now: dat
     )  # fmt: skip
 
 
-def pause(engine: Engine, name: str, *, actor: str, reason: str | None, now: datetime, auto: bool = False) -> Campaign:
+def pause(
+    engine: Engine, name: str, *, actor: str, reason: str | None, now: datetime, auto: bool = False
+) -> Campaign:
     return _transition(
         engine, name, expected=[CampaignStatus.ACTIVE], to=CampaignStatus.PAUSED,
         kind="auto_paused" if auto else "paused", actor=actor, reason=reason, now=now,

@@ -125,7 +125,10 @@ WHERE id = :campaign_id AND status = 'active' AND (next_send_at IS NULL OR next_
 
 def take_pacing_turn(conn: Connection, *, campaign_id: int, now: datetime, next_at: datetime) -> bool:
     """Claim the campaign's next send slot for pacing; also locks the row for the daily-limit count."""
-    return conn.execute(_TAKE_PACING_TURN, {"campaign_id": campaign_id, "now": now, "next_at": next_at}).rowcount == 1
+    return (
+        conn.execute(_TAKE_PACING_TURN, {"campaign_id": campaign_id, "now": now, "next_at": next_at}).rowcount
+        == 1
+    )
 
 
 # Runs only after take_pacing_turn locked the campaign row, so no other sender counts concurrently.
@@ -264,7 +267,12 @@ def release(conn: Connection, c: Claimed, *, now: datetime) -> bool:
         ).first()
         if transmitting is not None:
             return False
-    return conn.execute(_REQUEUE_UNSENT, {"enrollment_id": c.enrollment_id, "token": c.token, "now": now}).rowcount == 1
+    return (
+        conn.execute(
+            _REQUEUE_UNSENT, {"enrollment_id": c.enrollment_id, "token": c.token, "now": now}
+        ).rowcount
+        == 1
+    )
 
 
 # --- Skips (before any send_log row is live) ------------------------------------------------------
@@ -278,7 +286,13 @@ WHERE id = :enrollment_id AND claim_token = :token AND status = 'sending'
 
 
 def finish_unsent(
-    conn: Connection, c: Claimed, *, status: EnrollmentStatus, reason: str, now: datetime, error: str | None = None
+    conn: Connection,
+    c: Claimed,
+    *,
+    status: EnrollmentStatus,
+    reason: str,
+    now: datetime,
+    error: str | None = None,
 ) -> bool:
     """End a claim that will never be transmitted: skipped (suppressed, duplicate_prevented) or failed."""
     conn.execute(_DROP_RESERVATION, {"token": c.token})
@@ -329,7 +343,14 @@ def record(
     """Record the SMTP outcome on both rows. Idempotent: safe to retry after a lost connection."""
     conn.execute(
         _RECORD_SEND,
-        {"status": send_status.value, "now": now, "code": code, "reply": reply[:1000], "send_id": send_id, "token": c.token},
+        {
+            "status": send_status.value,
+            "now": now,
+            "code": code,
+            "reply": reply[:1000],
+            "send_id": send_id,
+            "token": c.token,
+        },
     )
     params = {
         "status": enrollment_status.value,
@@ -401,7 +422,13 @@ def reap_one(conn: Connection, *, enrollment_id: int, token: str, now: datetime)
     transmitted = conn.execute(_REAP_TRANSMITTING, {"token": token, "now": now}).rowcount > 0
     status = EnrollmentStatus.UNKNOWN if transmitted else EnrollmentStatus.QUEUED
     reason = "lease_expired_during_transmission" if transmitted else None
-    params = {"status": status.value, "reason": reason, "now": now, "enrollment_id": enrollment_id, "token": token}
+    params = {
+        "status": status.value,
+        "reason": reason,
+        "now": now,
+        "enrollment_id": enrollment_id,
+        "token": token,
+    }
     return status if conn.execute(_REAP_ENROLLMENT, params).rowcount == 1 else None
 
 
@@ -415,7 +442,9 @@ UPDATE sender_slot SET instance_id = :instance, lease_expires_at = :until
 WHERE slot = :slot AND (instance_id IS NULL OR instance_id = :instance OR lease_expires_at < :now)
 """)
 
-_RELEASE_SLOT = text("UPDATE sender_slot SET instance_id = NULL, lease_expires_at = NULL WHERE slot = :slot AND instance_id = :instance")
+_RELEASE_SLOT = text(
+    "UPDATE sender_slot SET instance_id = NULL, lease_expires_at = NULL WHERE slot = :slot AND instance_id = :instance"
+)
 
 
 def take_slot(conn: Connection, *, slots: int, instance: str, now: datetime, until: datetime) -> int | None:
@@ -428,7 +457,12 @@ def take_slot(conn: Connection, *, slots: int, instance: str, now: datetime, unt
     ).first()
     order = ([held[0]] if held else []) + list(range(slots))
     for slot in order:
-        if conn.execute(_TAKE_SLOT, {"slot": slot, "instance": instance, "now": now, "until": until}).rowcount == 1:
+        if (
+            conn.execute(
+                _TAKE_SLOT, {"slot": slot, "instance": instance, "now": now, "until": until}
+            ).rowcount
+            == 1
+        ):
             return slot
     return None
 

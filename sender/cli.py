@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sender.config import Settings, load_settings, redact_database_url
+from sender.config import Settings, load_settings, redact_database_url, validate_database_url
 from sender.errors import LockHeld, UsageError
 
 log = logging.getLogger("sendguard")
@@ -119,14 +119,18 @@ def cmd_leads_list(args: argparse.Namespace, settings: Settings) -> int:
     from sender.status import leads_list
 
     if args.status and args.status not in {s.value for s in EnrollmentStatus}:
-        raise UsageError(f"unknown status {args.status!r}: one of {', '.join(s.value for s in EnrollmentStatus)}")
+        raise UsageError(
+            f"unknown status {args.status!r}: one of {', '.join(s.value for s in EnrollmentStatus)}"
+        )
     rows = leads_list(_engine(settings, readonly=True), args.campaign, args.status)
     if args.json:
         _print_json(rows)
         return 0
     for row in rows:
         reason = f" ({row['reason']})" if row["reason"] else ""
-        print(f"{row['email']:<40} {row['status']:<8}{reason} variant {row['variant']} attempts {row['attempts']}")
+        print(
+            f"{row['email']:<40} {row['status']:<8}{reason} variant {row['variant']} attempts {row['attempts']}"
+        )
     return 0
 
 
@@ -144,7 +148,9 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     for s in data["senders"]:  # type: ignore[attr-defined]
         state = "alive" if s["alive"] else ("stopped" if s["stopped_at"] else "stale")
         slot = f"slot {s['slot']}" if s["slot"] is not None else "standby"
-        print(f"sender {s['instance']} {s['host']} pid {s['pid']} {state} {slot} heartbeat {s['heartbeat_at']}")
+        print(
+            f"sender {s['instance']} {s['host']} pid {s['pid']} {state} {slot} heartbeat {s['heartbeat_at']}"
+        )
     return 0
 
 
@@ -167,7 +173,9 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         service = SenderService(settings, engine, transport, batch=args.batch, lock_file=lock.path)
 
         def _stop(signum: int, _frame: object) -> None:
-            log.info("received %s: finishing the message in flight, then stopping", signal.Signals(signum).name)
+            log.info(
+                "received %s: finishing the message in flight, then stopping", signal.Signals(signum).name
+            )
             service.stop()
 
         signal.signal(signal.SIGTERM, _stop)
@@ -203,9 +211,14 @@ def _review(requeue: bool) -> Callable[[argparse.Namespace, Settings], int]:
         from sender.review import resolve
 
         if requeue:
-            print("warning: requeueing sends this email again; the recipient may get a second copy", file=sys.stderr)
+            print(
+                "warning: requeueing sends this email again; the recipient may get a second copy",
+                file=sys.stderr,
+            )
         engine = _engine(settings)
-        result = resolve(engine, args.id, requeue=requeue, actor=args.actor or default_actor(), now=_db_now(engine))
+        result = resolve(
+            engine, args.id, requeue=requeue, actor=args.actor or default_actor(), now=_db_now(engine)
+        )
         print(f"send {result['id']}: {result['resolution']}")
         return 0
 
@@ -216,6 +229,41 @@ def cmd_sink(args: argparse.Namespace, settings: Settings) -> int:
     from sender.sink import run_sink
 
     run_sink(args.host, args.port, args.maildir)
+    return 0
+
+
+def cmd_report_duplicates(args: argparse.Namespace, settings: Settings) -> int:
+    import reports
+
+    bucket = reports.parse_bucket(args.bucket)  # UsageError (exit 2) before touching the database
+    source = reports.Source.imported(args.imported) if args.imported is not None else reports.LIVE
+    engine = _engine(settings, readonly=True)
+    reports.check_source(engine, source, args.campaign)  # a typo must not read as "no duplicates"
+    summary = reports.duplicate_summary(engine, source, campaign=args.campaign, bucket_seconds=bucket)
+    if args.json:
+        _print_json(summary)
+    else:
+        print(reports.render_summary(summary, source=source, campaign=args.campaign, bucket_seconds=bucket))
+    return 0
+
+
+def cmd_sendlog_import(args: argparse.Namespace, settings: Settings) -> int:
+    from sender.sendlog_import import import_sendlog
+
+    try:
+        data = Path(args.file).read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read {args.file}: {exc.strerror}") from None
+    result = import_sendlog(_engine(settings), data, label=args.label, timezone=args.timezone,
+                            source=args.file, replace=args.replace)  # fmt: skip
+    if args.json:
+        _print_json(result)
+        return 0
+    replaced = f", replacing {result['replaced']} earlier rows" if result["replaced"] else ""
+    print(f"imported {result['imported']} rows ({result['sends']} sends) as {result['label']!r}{replaced}, "
+          f"rejected {len(result['rejected'])}")  # type: ignore[arg-type]  # fmt: skip
+    for r in result["rejected"]:  # type: ignore[attr-defined]
+        print(f"  line {r['line']}: {r['reason']}")
     return 0
 
 
@@ -240,10 +288,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default=os.environ.get("SENDGUARD_LOG_LEVEL", "INFO"))
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    db = sub.add_parser("db", help="schema").add_subparsers(dest="db_command", required=True, parser_class=_Parser)
+    db = sub.add_parser("db", help="schema").add_subparsers(
+        dest="db_command", required=True, parser_class=_Parser
+    )
     db.add_parser("upgrade", help="create or migrate the schema (idempotent)").set_defaults(fn=cmd_db_upgrade)
 
-    camp = sub.add_parser("campaign").add_subparsers(dest="campaign_command", required=True, parser_class=_Parser)
+    camp = sub.add_parser("campaign").add_subparsers(
+        dest="campaign_command", required=True, parser_class=_Parser
+    )
     create = camp.add_parser("create", help="draft campaign from a TOML file")
     create.add_argument("file")
     create.add_argument("--update", action="store_true", help="update an existing campaign of that name")
@@ -304,6 +356,27 @@ def build_parser() -> argparse.ArgumentParser:
     sink.add_argument("--maildir", default="maildir")
     sink.set_defaults(fn=cmd_sink)
 
+    report = sub.add_parser("report", help="reports").add_subparsers(
+        dest="report_command", required=True, parser_class=_Parser
+    )
+    dup = report.add_parser("duplicates", help="duplicate sends over time, by kind, with their onset")
+    dup.add_argument("--campaign", help="one campaign (name; for --imported, the campaign column's value)")
+    dup.add_argument("--imported", metavar="LABEL", help="an imported send log instead of the live one")
+    dup.add_argument("--bucket", default="10m", help="time bucket: 30s, 10m, 1h, 1d (default 10m)")
+    dup.add_argument("--json", action="store_true")
+    dup.set_defaults(fn=cmd_report_duplicates)
+
+    sendlog = sub.add_parser("sendlog", help="another system's send log").add_subparsers(
+        dest="sendlog_command", required=True, parser_class=_Parser
+    )
+    sl_imp = sendlog.add_parser("import", help="import a SendLog CSV for duplicate analysis")
+    sl_imp.add_argument("file")
+    sl_imp.add_argument("--label", required=True, help="name of this import (report with --imported LABEL)")
+    sl_imp.add_argument("--timezone", default="UTC", help="zone of times written without one (default UTC)")
+    sl_imp.add_argument("--replace", action="store_true", help="replace an earlier import of the same label")
+    sl_imp.add_argument("--json", action="store_true")
+    sl_imp.set_defaults(fn=cmd_sendlog_import)
+
     demo = sub.add_parser("demo", help="seed a demo database")
     demo.add_argument("--fresh", action="store_true", help="seed even if demo data exists (adds a new set)")
     demo.set_defaults(fn=cmd_demo)
@@ -321,7 +394,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings()
         settings = settings.with_overrides(
-            database_url=args.database_url,
+            database_url=validate_database_url(args.database_url) if args.database_url else None,
             smtp_url=getattr(args, "smtp_url", None),
             max_senders=getattr(args, "max_senders", None),
             lock_file=getattr(args, "lock_file", None),
@@ -338,7 +411,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # one line for operators; the traceback only on request
         if os.environ.get("SENDGUARD_DEBUG"):
             raise
-        print(f"sendguard: unexpected error: {_safe(exc)} (set SENDGUARD_DEBUG=1 for a traceback)", file=sys.stderr)
+        print(
+            f"sendguard: unexpected error: {_safe(exc)} (set SENDGUARD_DEBUG=1 for a traceback)",
+            file=sys.stderr,
+        )
         return 1
 
 

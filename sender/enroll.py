@@ -47,7 +47,9 @@ def _names(row: LeadRow) -> tuple[str | None, str | None]:
     return lowered.get("first_name"), lowered.get("last_name")
 
 
-def import_leads(engine: Engine, campaign_name: str, data: bytes, *, source: str, now: datetime) -> ImportResult:
+def import_leads(
+    engine: Engine, campaign_name: str, data: bytes, *, source: str, now: datetime
+) -> ImportResult:
     parsed = parse_leads(data, source)  # UsageError (exit 2, nothing enrolled) when the file is unusable
     result = ImportResult(duplicates_in_file=parsed.duplicates_in_file, rejected=list(parsed.rejected))
     with engine.begin() as conn:
@@ -87,7 +89,9 @@ def import_leads(engine: Engine, campaign_name: str, data: bytes, *, source: str
             if new_rows:
                 conn.execute(insert(Lead.__table__), new_rows)
                 existing.update(
-                    conn.execute(select(L.email, L.id).where(L.email.in_([r["email"] for r in new_rows]))).all()  # type: ignore[arg-type]
+                    conn.execute(
+                        select(L.email, L.id).where(L.email.in_([r["email"] for r in new_rows]))
+                    ).all()  # type: ignore[arg-type]
                 )
             enrolled_ids = set(
                 conn.execute(
@@ -110,7 +114,9 @@ def import_leads(engine: Engine, campaign_name: str, data: bytes, *, source: str
                     variant = by_letter[letter]
                     needed = missing_field(variant.subject, context) or missing_field(variant.body, context)
                     if needed is not None:
-                        result.rejected.append(Rejection(row.line, f"missing field {needed!r} needed by variant {letter}"))
+                        result.rejected.append(
+                            Rejection(row.line, f"missing field {needed!r} needed by variant {letter}")
+                        )
                         continue
                 enrolled_ids.add(lead_id)
                 enrollments.append(

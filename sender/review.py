@@ -51,10 +51,14 @@ def list_unknown(engine: Engine) -> list[dict[str, object]]:
     ]
 
 
-_FIND = text("SELECT campaign_id, lead_id, enrollment_id, claim_token FROM send_log WHERE id = :id AND status = 'unknown'")
+_FIND = text(
+    "SELECT campaign_id, lead_id, enrollment_id, claim_token FROM send_log WHERE id = :id AND status = 'unknown'"
+)
 
 # Safe: CAS from `unknown` on both rows; a concurrent resolution of the same send makes this a no-op.
-_DELIVERED_SEND = text("UPDATE send_log SET status = 'sent', smtp_reply = :note WHERE id = :id AND status = 'unknown'")
+_DELIVERED_SEND = text(
+    "UPDATE send_log SET status = 'sent', smtp_reply = :note WHERE id = :id AND status = 'unknown'"
+)
 _DELIVERED_ENROLLMENT = text("""
 UPDATE campaign_lead SET status = 'sent', reason = 'marked_delivered', updated_at = :now
 WHERE id = :enrollment_id AND status = 'unknown' AND claim_token = :token
@@ -62,7 +66,9 @@ WHERE id = :enrollment_id AND status = 'unknown' AND claim_token = :token
 
 # Safe: the attempt leaves the live states (`deferred` is outside the partial unique index), so the
 # enrollment may be reserved again; the operator accepted that the recipient may get a second copy.
-_REQUEUE_SEND = text("UPDATE send_log SET status = 'deferred', smtp_reply = :note WHERE id = :id AND status = 'unknown'")
+_REQUEUE_SEND = text(
+    "UPDATE send_log SET status = 'deferred', smtp_reply = :note WHERE id = :id AND status = 'unknown'"
+)
 _REQUEUE_ENROLLMENT = text("""
 UPDATE campaign_lead
 SET status = 'queued', reason = 'requeued_by_operator', claim_token = NULL, claimed_by = NULL,

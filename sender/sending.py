@@ -94,7 +94,9 @@ def claim_batch(
         now = clock.now()
         if plan.paced:
             interval = campaign.min_interval_seconds + random.uniform(0, campaign.jitter_seconds)
-            if not q.take_pacing_turn(conn, campaign_id=campaign.id, now=now, next_at=now + timedelta(seconds=interval)):
+            if not q.take_pacing_turn(
+                conn, campaign_id=campaign.id, now=now, next_at=now + timedelta(seconds=interval)
+            ):
                 tx.rollback()
                 result.wait_until = _next_turn(engine, campaign.id)
                 return result
@@ -127,7 +129,9 @@ def claim_batch(
                 result.handled += 1
                 continue
             mid = message_id(c.campaign_id, c.lead_id, c.step, campaign.from_addr)
-            send_id = q.reserve(conn, c, message_id=mid, instance=ident.instance_id, host=ident.host, pid=ident.pid, now=now)
+            send_id = q.reserve(
+                conn, c, message_id=mid, instance=ident.instance_id, host=ident.host, pid=ident.pid, now=now
+            )
             if send_id is None:
                 _guard_fired(conn, c, ident, now)
                 result.handled += 1
@@ -157,9 +161,9 @@ def _guard_fired(conn: Connection, c: q.Claimed, ident: Identity, now: datetime)
 def _next_turn(engine: Engine, campaign_id: int) -> datetime | None:
     with engine.connect() as conn:
         return conn.execute(
-            Campaign.__table__.select().with_only_columns(Campaign.__table__.c.next_send_at).where(
-                Campaign.__table__.c.id == campaign_id
-            )
+            Campaign.__table__.select()
+            .with_only_columns(Campaign.__table__.c.next_send_at)
+            .where(Campaign.__table__.c.id == campaign_id)
         ).scalar_one_or_none()
 
 
@@ -179,7 +183,12 @@ def deliver(
     except Exception as exc:  # a template that cannot render for this lead: never transmit a broken mail
         with engine.begin() as conn:
             q.finish_unsent(
-                conn, c, status=EnrollmentStatus.FAILED, reason="template_error", now=clock.now(), error=str(exc)[:500]
+                conn,
+                c,
+                status=EnrollmentStatus.FAILED,
+                reason="template_error",
+                now=clock.now(),
+                error=str(exc)[:500],
             )
         stats.failed += 1
         return stats
@@ -257,7 +266,9 @@ def outcome_states(
     raise AssertionError(result.outcome)
 
 
-def _record_with_retry(engine: Engine, r: Reservation, result: SendResult, settings: Settings, clock: Clock) -> None:
+def _record_with_retry(
+    engine: Engine, r: Reservation, result: SendResult, settings: Settings, clock: Clock
+) -> None:
     """Step 5, retried on database errors: the record is idempotent, and giving up is safe too (the
     reaper then marks the send unknown, never resends it)."""
     deadline = time.monotonic() + max(settings.lease_seconds, 30.0)
@@ -286,9 +297,15 @@ def _record_with_retry(engine: Engine, r: Reservation, result: SendResult, setti
             if not (exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError)):
                 raise  # a bug, not an outage: retrying would not help
             if time.monotonic() > deadline:
-                log.error("giving up recording enrollment %s: %s", r.claimed.enrollment_id, exc.__class__.__name__)
+                log.error(
+                    "giving up recording enrollment %s: %s", r.claimed.enrollment_id, exc.__class__.__name__
+                )
                 return
-            log.warning("recording enrollment %s failed (%s), retrying", r.claimed.enrollment_id, exc.__class__.__name__)
+            log.warning(
+                "recording enrollment %s failed (%s), retrying",
+                r.claimed.enrollment_id,
+                exc.__class__.__name__,
+            )
             time.sleep(delay)  # backoff between reconnect attempts, not synchronisation
             delay = min(delay * 2, 2.0)
 

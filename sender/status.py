@@ -30,12 +30,23 @@ GROUP BY c.name, c.status, cl.status
 ORDER BY c.name
 """)
 
-_SENDERS = text("""
+_SENDERS = (
+    text("""
 SELECT id, host, pid, heartbeat_at, stopped_at, slot, version, started_at FROM sender_instance
 WHERE stopped_at IS NULL OR heartbeat_at >= :since
 ORDER BY started_at
-""").bindparams(bindparam("since", type_=_TS)).columns(
-    id=String, host=String, pid=Integer, heartbeat_at=_TS, stopped_at=_TS, slot=Integer, version=String, started_at=_TS
+""")
+    .bindparams(bindparam("since", type_=_TS))
+    .columns(
+        id=String,
+        host=String,
+        pid=Integer,
+        heartbeat_at=_TS,
+        stopped_at=_TS,
+        slot=Integer,
+        version=String,
+        started_at=_TS,
+    )
 )
 
 
@@ -43,13 +54,21 @@ def status(engine: Engine, *, now: datetime, lease_seconds: float) -> dict[str, 
     campaigns: dict[str, dict[str, object]] = {}
     with engine.connect() as conn:
         for name, cstatus, state, n in conn.execute(_COUNTS):
-            entry = campaigns.setdefault(name, {"name": name, "status": cstatus, "counts": dict.fromkeys(STATES, 0)})
+            entry = campaigns.setdefault(
+                name, {"name": name, "status": cstatus, "counts": dict.fromkeys(STATES, 0)}
+            )
             if state is not None:
                 entry["counts"][state] = int(n)  # type: ignore[index]
         senders = []
         since = now - timedelta(days=1)
-        for sid, host, pid, heartbeat, stopped, slot, version, started in conn.execute(_SENDERS, {"since": since}):
-            alive = stopped is None and heartbeat is not None and (now - heartbeat).total_seconds() <= lease_seconds
+        for sid, host, pid, heartbeat, stopped, slot, version, started in conn.execute(
+            _SENDERS, {"since": since}
+        ):
+            alive = (
+                stopped is None
+                and heartbeat is not None
+                and (now - heartbeat).total_seconds() <= lease_seconds
+            )
             senders.append(
                 {
                     "instance": sid,
