@@ -387,12 +387,18 @@ ORDER BY lease_expires_at LIMIT :limit
 _REAP_RESERVED = _sql("""
 UPDATE send_log SET status = 'deferred', finished_at = :now, smtp_reply = 'lease expired before transmission'
 WHERE claim_token = :token AND status = 'reserved'
+  AND EXISTS (SELECT 1 FROM campaign_lead AS cl
+              WHERE cl.id = send_log.enrollment_id AND cl.claim_token = :token AND cl.status = 'sending'
+                AND cl.lease_expires_at < :now)
 """)
 
 # Safe: a transmission may have reached the recipient; it becomes `unknown`, never retried by itself.
 _REAP_TRANSMITTING = _sql("""
 UPDATE send_log SET status = 'unknown', finished_at = :now, smtp_reply = 'lease expired during transmission'
 WHERE claim_token = :token AND status = 'transmitting'
+  AND EXISTS (SELECT 1 FROM campaign_lead AS cl
+              WHERE cl.id = send_log.enrollment_id AND cl.claim_token = :token AND cl.status = 'sending'
+                AND cl.lease_expires_at < :now)
 """)
 
 # Safe: CAS on the token and the expired lease; a holder that recorded meanwhile wins.

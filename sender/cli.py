@@ -28,9 +28,13 @@ def _print_json(value: object) -> None:
 
 
 def _engine(settings: Settings, *, readonly: bool = False):  # -> Engine
+    """An engine on a database whose schema matches this code (exit 2 with the fix otherwise)."""
     from sender.db import make_engine
+    from sender.migrate import require_current_schema
 
-    return make_engine(settings.database_url, readonly=readonly)
+    engine = make_engine(settings.database_url, readonly=readonly)
+    require_current_schema(engine)
+    return engine
 
 
 def _db_now(engine: Any) -> datetime:
@@ -156,7 +160,6 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from sender.locks import SenderFileLock
-    from sender.migrate import require_current_schema
     from sender.service import SenderService
     from sender.transport import make_transport
 
@@ -169,7 +172,6 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     lock.acquire()  # LockHeld -> exit 3, before touching the database
     try:
         engine = _engine(settings)
-        require_current_schema(engine)
         service = SenderService(settings, engine, transport, batch=args.batch, lock_file=lock.path)
 
         def _stop(signum: int, _frame: object) -> None:
@@ -399,6 +401,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_senders=getattr(args, "max_senders", None),
             lock_file=getattr(args, "lock_file", None),
         )
+        if getattr(args, "max_senders", None) is not None and args.max_senders < 1:
+            raise UsageError("--max-senders must be at least 1")
         return int(args.fn(args, settings))
     except UsageError as exc:
         print(f"sendguard: {exc}", file=sys.stderr)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -45,6 +46,8 @@ def _number(env: dict[str, str], name: str, kind: type, minimum: float) -> float
         value = kind(raw.strip())
     except ValueError:
         raise UsageError(f"{name}={raw!r} is not a valid {kind.__name__}") from None
+    if not math.isfinite(value):  # float() accepts "nan" and "inf"; neither is a usable setting
+        raise UsageError(f"{name}={raw!r} must be a finite number")
     if value < minimum:
         raise UsageError(f"{name}={raw!r} must be at least {minimum}")
     return value

@@ -1,0 +1,366 @@
+"""`sendlog import`: another system's SendLog CSV into `imported_send_log`, for duplicate analysis only.
+
+CLI.md, "SendLog import (CSV)". Column names are matched case-insensitively, snake_case or camelCase, so
+an export of the original Prisma `SendLog` table (`id,campaignId,leadId,variantLetter,createdAt`)
+imports without edits. Every row is validated before the transaction opens, against the same limits
+the database enforces (column lengths, integer ranges, no NUL), so one bad row is rejected with its
+line number and can never fail the insert of the good ones. Whole-file problems raise UsageError
+(exit 2) and import nothing.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import io
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, tzinfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from sqlalchemy import Engine, delete, func, insert, select, text
+
+from models import ImportedSendLog
+from sender.errors import UsageError
+from sender.leads_csv import normalize_email
+
+T = ImportedSendLog.__table__
+C = T.c
+CHUNK = 1000
+MAX_LABEL = 200
+
+# Which imported rows count as sends (reports.py reads this): a delivered or possibly delivered message.
+# An empty status counts because the original SendLog had no status column: a row meant "sent". Anything
+# else (failed, bounced, deferred, queued, ...) is imported for reference but is not a send.
+DELIVERED_STATUSES: tuple[str, ...] = (
+    "sent",
+    "delivered",
+    "success",
+    "succeeded",
+    "ok",
+    "accepted",
+    "unknown",  # possibly delivered, exactly as in the live send_log
+    "opened",
+    "clicked",
+    "replied",
+)
+
+# Canonical field -> accepted header spellings, most preferred first, compared after _header_key().
+# `lead` falls back to `email`: an address identifies a lead when the export has no lead id.
+ALIASES: dict[str, tuple[str, ...]] = {
+    "campaign": ("campaignid", "campaign"),
+    "lead": ("leadid", "email"),
+    "variant": ("variantletter", "variant"),
+    "sent_at": ("sentat", "createdat", "timestamp"),
+    "step": ("step",),
+    "status": ("status",),
+    "host": ("host", "hostname"),
+    "pid": ("pid",),
+    "instance": ("instance", "instanceid"),
+    "email": ("email",),
+}
+REQUIRED = ("campaign", "lead", "sent_at")
+
+# Lengths the table enforces (PostgreSQL VARCHAR(n)); checked per row so the insert cannot fail.
+MAX_LENGTH = {"campaign": 200, "lead": 320, "email": 320, "variant": 16, "status": 32, "host": 255,
+              "instance": 200}  # fmt: skip
+INT32_MAX = 2**31 - 1
+# Before 1970 SQLite's integer division (truncation) and PostgreSQL's floor() would bucket differently.
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+_EPOCH_NUMBER = re.compile(r"\d{9,13}(\.\d+)?")
+
+
+@dataclass(frozen=True)
+class Rejection:
+    line: int
+    reason: str
+
+
+@dataclass
+class ImportResult:
+    label: str
+    imported: int = 0
+    sends: int = 0
+    replaced: int = 0
+    rejected: list[Rejection] = field(default_factory=list)
+    columns: dict[str, str] = field(default_factory=dict)
+    ignored_columns: list[str] = field(default_factory=list)
+    timezone: str = "UTC"
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "label": self.label,
+            "imported": self.imported,
+            "sends": self.sends,
+            "replaced": self.replaced,
+            "rejected": [{"line": r.line, "reason": r.reason} for r in self.rejected],
+            "columns": self.columns,
+            "ignored_columns": self.ignored_columns,
+            "timezone": self.timezone,
+        }
+
+
+def import_sendlog(
+    engine: Engine,
+    data: bytes,
+    *,
+    label: str,
+    timezone: str = "UTC",
+    source: str,
+    replace: bool = False,
+) -> dict[str, object]:
+    """Parse the whole file, then insert every good row under `label` in one transaction.
+
+    Returns ImportResult.as_json(). Raises UsageError (nothing imported) for an unusable file, a bad
+    label or timezone, or a label that already exists without `replace`.
+    """
+    label = _check_label(label)
+    zone = _zone(timezone)
+    result = ImportResult(label=label, timezone=timezone)
+    rows = _parse(data, source, zone, result)
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            # Two concurrent imports of one label must not both see it absent (READ COMMITTED); SQLite's
+            # BEGIN IMMEDIATE already serializes writers.
+            conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": f"sendlog:{label}"})
+        existing = conn.execute(select(func.count()).select_from(T).where(C.label == label)).scalar_one()
+        if existing and not replace:
+            raise UsageError(
+                f"an imported send log labelled {label!r} already exists ({existing} rows): "
+                "pass --replace to replace it, or choose another --label"
+            )
+        if existing:
+            result.replaced = conn.execute(delete(T).where(C.label == label)).rowcount
+        for start in range(0, len(rows), CHUNK):
+            conn.execute(insert(T), rows[start : start + CHUNK])
+    result.imported = len(rows)
+    result.sends = sum(1 for r in rows if r["status"] is None or r["status"] in DELIVERED_STATUSES)
+    return result.as_json()
+
+
+# --- whole file ----------------------------------------------------------------------------------
+
+
+def _check_label(label: str) -> str:
+    label = (label or "").strip()
+    if not label:
+        raise UsageError("--label must not be empty")
+    if len(label) > MAX_LABEL or "\x00" in label:
+        raise UsageError(f"--label must be at most {MAX_LABEL} characters, without NUL")
+    return label
+
+
+def _zone(name: str) -> tzinfo:
+    if name.strip().upper() == "UTC":
+        return UTC
+    try:
+        return ZoneInfo(name.strip())
+    except (ZoneInfoNotFoundError, ValueError):
+        raise UsageError(f"unknown --timezone {name!r}: use an IANA name such as Europe/Warsaw") from None
+
+
+def _decode(data: bytes, source: str) -> str:
+    bom = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0  # Excel writes one
+    try:
+        return data[bom:].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        offset = bom + exc.start
+        line = data.count(b"\n", 0, offset) + 1
+        raise UsageError(
+            f"{source} is not UTF-8: invalid byte 0x{data[offset]:02x} at byte offset {offset} (line {line})"
+        ) from None
+
+
+def _header_key(name: str) -> str:
+    # campaignId, campaign_id, CAMPAIGN-ID and "Campaign Id" all mean the same column.
+    return re.sub(r"[\s_\-]", "", name).lower()
+
+
+def _map_columns(header: list[str], line: int, source: str, result: ImportResult) -> dict[str, int]:
+    """Canonical field -> column index; raises UsageError when a required field is missing or ambiguous."""
+    by_key: dict[str, int] = {}
+    for index, name in enumerate(header):
+        key = _header_key(name)
+        if key in by_key:
+            raise UsageError(f"{source} line {line}: two columns named {name.strip()!r} in the header")
+        by_key[key] = index
+    mapping: dict[str, int] = {}
+    for canonical, spellings in ALIASES.items():
+        found = [by_key[s] for s in spellings if s in by_key]
+        if not found:
+            continue
+        # campaignId next to campaign, or sentAt next to createdAt: the more specific one wins, by the
+        # order of ALIASES; `columns` in the result shows which one was used.
+        mapping[canonical] = found[0]
+    missing = [f for f in REQUIRED if f not in mapping]
+    if missing:
+        shown = ", ".join(repr(h.strip()) for h in header[:12])
+        wanted = {
+            "campaign": "campaignId/campaign_id/campaign",
+            "lead": "leadId/lead_id/email",
+            "sent_at": "sentAt/createdAt/sent_at/created_at/timestamp",
+        }
+        need = "; ".join(f"{f} ({wanted[f]})" for f in missing)
+        raise UsageError(f"{source} line {line}: no column for {need} in the header (found: {shown})")
+    if mapping.get("email") == mapping["lead"]:
+        del mapping["email"]  # the lead *is* the address: stored in both columns by _row()
+    used = set(mapping.values())
+    result.columns = {f: header[i].strip() for f, i in mapping.items()}
+    result.ignored_columns = [h.strip() for i, h in enumerate(header) if i not in used]
+    return mapping
+
+
+def _parse(data: bytes, source: str, zone: tzinfo, result: ImportResult) -> list[dict[str, object]]:
+    text_ = _decode(data, source)
+    if not text_.strip():
+        raise UsageError(f"{source} is empty: expected a header row with campaign, lead and time columns")
+    records = _records(text_)
+    header_line, header = next(((n, v) for n, v, err in records if err or not _blank(v)), (0, []))
+    if not header:
+        raise UsageError(f"{source} is empty: expected a header row with campaign, lead and time columns")
+    mapping = _map_columns(header, header_line, source, result)
+    lead_is_email = _header_key(result.columns["lead"]) == "email"
+    rows: list[dict[str, object]] = []
+    for line, values, error in records:
+        if line <= header_line:
+            continue
+        if error is None and _blank(values):
+            continue
+        if error is None and len(values) != len(header):
+            error = f"expected {len(header)} columns, got {len(values)}"
+        if error is None:
+            try:
+                rows.append(_row(values, mapping, zone, result.label, lead_is_email))
+                continue
+            except ValueError as exc:
+                error = str(exc)
+        result.rejected.append(Rejection(line, error))
+    return rows
+
+
+# A record as read: (physical line where it starts, values, error reason or None).
+_Record = tuple[int, list[str], str | None]
+
+
+def _records(text_: str) -> list[_Record]:
+    lines = _Lines(text_)
+    # strict: an unterminated quote is an error for that record, not the rest of the file swallowed.
+    reader = csv.reader(lines, strict=True)
+    out: list[_Record] = []
+    while True:
+        start = lines.consumed + 1
+        try:
+            values = next(reader)
+        except StopIteration:
+            return out
+        except csv.Error as exc:
+            out.append((start, [], f"malformed CSV: {' '.join(str(exc).split())}"))
+            continue
+        out.append((start, values, None))
+
+
+class _Lines:
+    """Feeds csv one physical line at a time and counts them, so a record's line is where it starts."""
+
+    def __init__(self, text_: str) -> None:
+        # newline="" keeps \r\n and lone \r intact, as csv expects; splitlines() would also split on
+        # U+2028 and friends and miscount.
+        self._it = iter(io.StringIO(text_, newline=""))
+        self.consumed = 0
+
+    def __iter__(self) -> Iterator[str]:
+        return self
+
+    def __next__(self) -> str:
+        line = next(self._it)
+        self.consumed += 1
+        return line
+
+
+def _blank(values: list[str]) -> bool:
+    return not values or (len(values) == 1 and not values[0].strip())
+
+
+# --- one row ------------------------------------------------------------------------------------
+
+
+def _row(
+    values: list[str], mapping: dict[str, int], zone: tzinfo, label: str, lead_is_email: bool
+) -> dict[str, object]:
+    """One validated insert row; ValueError(reason) rejects the line."""
+
+    def get(name: str) -> str | None:
+        index = mapping.get(name)
+        if index is None:
+            return None
+        value = values[index].strip()
+        if "\x00" in value:
+            raise ValueError(f"NUL character in {name}")  # PostgreSQL text cannot hold it
+        if name in MAX_LENGTH and len(value) > MAX_LENGTH[name]:
+            raise ValueError(f"{name} longer than {MAX_LENGTH[name]} characters")
+        return value or None
+
+    campaign = get("campaign")
+    if campaign is None:
+        raise ValueError("missing campaign")
+    lead = get("lead")
+    if lead is None:
+        raise ValueError("missing lead" + (" email" if lead_is_email else " id"))
+    raw_time = get("sent_at")
+    if raw_time is None:
+        raise ValueError("missing time")
+    email = normalize_email(lead) if lead_is_email else get("email")
+    if lead_is_email:
+        lead = email
+    elif email is not None:
+        email = normalize_email(email)
+    status = get("status")
+    return {
+        "label": label,
+        "campaign": campaign,
+        "lead": lead,
+        "email": email,
+        "variant": get("variant"),
+        "step": _int(get("step"), "step", default=0),
+        "status": status.lower() if status else None,
+        "sent_at": parse_time(raw_time, zone),
+        "host": get("host"),
+        "pid": _int(get("pid"), "pid", default=None),
+        "instance": get("instance"),
+    }
+
+
+def _int(value: str | None, name: str, default: int | None) -> int | None:
+    if value is None:
+        return default
+    if not re.fullmatch(r"\d{1,10}", value) or int(value) > INT32_MAX:
+        raise ValueError(f"{name} {value[:40]!r} is not a whole number from 0 to {INT32_MAX}")
+    return int(value)
+
+
+def parse_time(raw: str, zone: tzinfo) -> datetime:
+    """A send time as aware UTC. Accepts `2024-03-12 11:40:03.123`, ISO 8601 with `T`/`Z`/an offset,
+    and Unix epoch seconds or milliseconds. A time without a zone is read in `zone`; in a DST fall-back
+    hour the earlier of the two instants is taken (fold=0). Raises ValueError with a readable reason."""
+    value = raw.strip()
+    shown = value[:40]
+    try:
+        if _EPOCH_NUMBER.fullmatch(value):
+            number = float(value)
+            # 10 digits are seconds until 2286; 13 digits are milliseconds (JavaScript's Date.now()).
+            parsed = datetime.fromtimestamp(number / 1000 if len(value.split(".")[0]) > 11 else number, UTC)
+        else:
+            if ":" not in value:
+                raise ValueError  # a date alone is not a send time
+            parsed = datetime.fromisoformat(value.removesuffix(" UTC"))
+            if parsed.tzinfo is None:
+                parsed = parsed.replace(tzinfo=zone)
+            parsed = parsed.astimezone(UTC)
+    except (ValueError, OverflowError, OSError):
+        raise ValueError(
+            f"unreadable time {shown!r}: expected e.g. 2024-03-12 11:40:03.123 or 2024-03-12T11:40:03Z"
+        ) from None
+    if parsed < EARLIEST:
+        raise ValueError(f"time {shown!r} is before 1970")
+    return parsed
