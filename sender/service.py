@@ -102,8 +102,11 @@ class SenderService:
         self._last_heartbeat = time.monotonic()
 
     def _heartbeat_if_due(self) -> None:
+        """During a long pass: keep the slot, and settle dead senders' claims without waiting for the
+        next tick."""
         if time.monotonic() - self._last_heartbeat >= self.settings.lease_seconds / 3:
             self.heartbeat()
+            self.reap()
 
     def shutdown(self) -> None:
         """Release what this sender holds: unsent claims, its slot, and mark the instance stopped."""
