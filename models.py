@@ -145,6 +145,7 @@ class SendLog(SQLModel, table=True):
         Index("ix_send_log_instance", "instance_id"),
         Index("ix_send_log_claim", "claim_token"),
         Index("ix_send_log_enrollment", "enrollment_id"),
+        Index("ix_send_log_lead", "lead_id"),  # address and cross-campaign duplicate reports
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -224,7 +225,11 @@ class ImportedSendLog(SQLModel, table=True):
     """Another system's SendLog, imported for duplicate analysis only (deliberately no unique key)."""
 
     __tablename__ = "imported_send_log"
-    __table_args__ = (Index("ix_imported_label_time", "label", "sent_at"),)
+    __table_args__ = (
+        Index("ix_imported_label_time", "label", "sent_at"),
+        # The duplicate reports group and join an imported log on its key.
+        Index("ix_imported_key", "label", "campaign", "lead", "step", "sent_at"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     label: str = Field(max_length=200)

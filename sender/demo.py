@@ -20,7 +20,7 @@ import random
 import time
 import unicodedata
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Engine, bindparam, func, insert, select, update
@@ -43,6 +43,7 @@ from sender.db import make_engine
 from sender.enroll import import_leads
 from sender.message import message_id
 from sender.migrate import current_revision, head_revision, upgrade
+from sender.sendlog_import import import_sendlog
 from sender.version import VERSION
 
 SEED = 42
@@ -614,6 +615,15 @@ def _seed(engine: Engine, database_url: str, set_no: int, began: float) -> str:
         now=ago(hours=2),
     )
 
+    # (f) the incident of SEED.md, replayed as another system's SendLog export, so the Duplicates
+    # page shows a real onset (11:40 yesterday, when a second process started) on first run.
+    import_sendlog(
+        engine,
+        incident_replay_csv(ago(days=1)),
+        label=f"incident-replay{suffix}",
+        source="demo incident SendLog.csv",
+    )
+
     # (a) welcome-series: started last, so the running demo sender delivers its whole queue.
     welcome = _create(engine, _WELCOME, suffix, ago(minutes=10))
     welcome_people = _people(rng, 200, ("example.com", "example.org"), "w", tag)
@@ -621,6 +631,27 @@ def _seed(engine: Engine, database_url: str, set_no: int, began: float) -> str:
     campaigns.start(engine, welcome.name, actor=OPERATOR, reason=None, now=DatabaseClock(engine).now())
 
     return _summary(engine, database_url, [welcome, spring, q4, draft], len(senders), began)
+
+
+def incident_replay_csv(day: datetime) -> bytes:
+    """SEED.md in a Prisma SendLog export (plus a host column): until 11:40 one process sends 20
+    emails to 20 leads; from 11:40 two processes race and 16 leads get two emails each, half of the
+    second copies with the other variant (the hole in the original unique key)."""
+    start = day.astimezone(UTC).replace(hour=10, minute=0, second=0, microsecond=0)
+    rows = ["id,campaignId,leadId,variantLetter,createdAt,host"]
+
+    def add(lead: str, variant: str, at: datetime, host: str) -> None:
+        rows.append(f"sl{len(rows):05d},cmp-spring-2024,{lead},{variant},{at:%Y-%m-%d %H:%M:%S.%f},{host}")
+
+    for i in range(20):
+        add(f"lead{i:04d}", "AB"[i % 2], start + timedelta(minutes=5 * i, seconds=7), "web-1")
+    for i in range(16):
+        first = start.replace(minute=40, hour=11) + timedelta(minutes=2 * i, seconds=3)
+        variant = "AB"[i % 2]
+        second = variant if i < 8 else {"A": "B", "B": "A"}[variant]
+        add(f"lead{100 + i:04d}", variant, first, "web-1")
+        add(f"lead{100 + i:04d}", second, first + timedelta(seconds=2), "web-2")
+    return ("\n".join(rows) + "\n").encode()
 
 
 def _summary(engine: Engine, database_url: str, seeded: list[Campaign], n_senders: int, began: float) -> str:

@@ -50,7 +50,7 @@ DELIVERED_STATUSES: tuple[str, ...] = (
 # `lead` falls back to `email`: an address identifies a lead when the export has no lead id.
 ALIASES: dict[str, tuple[str, ...]] = {
     "campaign": ("campaignid", "campaign"),
-    "lead": ("leadid", "email"),
+    "lead": ("leadid", "lead", "email"),
     "variant": ("variantletter", "variant"),
     "sent_at": ("sentat", "createdat", "timestamp"),
     "step": ("step",),
@@ -134,6 +134,11 @@ def import_sendlog(
             result.replaced = conn.execute(delete(T).where(C.label == label)).rowcount
         for start in range(0, len(rows), CHUNK):
             conn.execute(insert(T), rows[start : start + CHUNK])
+        if conn.dialect.name == "postgresql" and rows:
+            # Fresh statistics now, not whenever autovacuum gets to it: with stale ones the planner
+            # takes a large import for a handful of rows and picks quadratic nested loops for the
+            # reports' joins on it. (ANALYZE is allowed inside a transaction; VACUUM is not.)
+            conn.execute(text("ANALYZE imported_send_log"))
     result.imported = len(rows)
     result.sends = sum(1 for r in rows if r["status"] is None or r["status"] in DELIVERED_STATUSES)
     return result.as_json()
@@ -183,7 +188,10 @@ def _map_columns(header: list[str], line: int, source: str, result: ImportResult
     for index, name in enumerate(header):
         key = _header_key(name)
         if key in by_key:
-            raise UsageError(f"{source} line {line}: two columns named {name.strip()!r} in the header")
+            earlier = header[by_key[key]].strip()
+            raise UsageError(
+                f"{source} line {line}: two columns {earlier!r} and {name.strip()!r} name the same field"
+            )
         by_key[key] = index
     mapping: dict[str, int] = {}
     for canonical, spellings in ALIASES.items():
@@ -197,11 +205,11 @@ def _map_columns(header: list[str], line: int, source: str, result: ImportResult
     if missing:
         shown = ", ".join(repr(h.strip()) for h in header[:12])
         wanted = {
-            "campaign": "campaignId/campaign_id/campaign",
-            "lead": "leadId/lead_id/email",
-            "sent_at": "sentAt/createdAt/sent_at/created_at/timestamp",
+            "campaign": "campaign (campaignId, campaign_id, campaign)",
+            "lead": "lead (leadId, lead_id, lead, email)",
+            "sent_at": "time (sentAt, createdAt, sent_at, created_at, timestamp)",
         }
-        need = "; ".join(f"{f} ({wanted[f]})" for f in missing)
+        need = "; ".join(wanted[f] for f in missing)
         raise UsageError(f"{source} line {line}: no column for {need} in the header (found: {shown})")
     if mapping.get("email") == mapping["lead"]:
         del mapping["email"]  # the lead *is* the address: stored in both columns by _row()
@@ -216,9 +224,12 @@ def _parse(data: bytes, source: str, zone: tzinfo, result: ImportResult) -> list
     if not text_.strip():
         raise UsageError(f"{source} is empty: expected a header row with campaign, lead and time columns")
     records = _records(text_)
-    header_line, header = next(((n, v) for n, v, err in records if err or not _blank(v)), (0, []))
-    if not header:
+    first = next(((n, v, err) for n, v, err in records if err or not _blank(v)), None)
+    if first is None:
         raise UsageError(f"{source} is empty: expected a header row with campaign, lead and time columns")
+    header_line, header, header_error = first
+    if header_error is not None:
+        raise UsageError(f"{source} line {header_line}: cannot read the header row: {header_error}")
     mapping = _map_columns(header, header_line, source, result)
     lead_is_email = _header_key(result.columns["lead"]) == "email"
     rows: list[dict[str, object]] = []

@@ -60,6 +60,9 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("imported_send_log", schema=None) as batch_op:
         batch_op.create_index("ix_imported_label_time", ["label", "sent_at"], unique=False)
+        batch_op.create_index(
+            "ix_imported_key", ["label", "campaign", "lead", "step", "sent_at"], unique=False
+        )
 
     op.create_table(
         "lead",
@@ -214,6 +217,7 @@ def upgrade() -> None:
         batch_op.create_index("ix_send_log_campaign_time", ["campaign_id", "created_at"], unique=False)
         batch_op.create_index("ix_send_log_claim", ["claim_token"], unique=False)
         batch_op.create_index("ix_send_log_enrollment", ["enrollment_id"], unique=False)
+        batch_op.create_index("ix_send_log_lead", ["lead_id"], unique=False)
         batch_op.create_index("ix_send_log_instance", ["instance_id"], unique=False)
         batch_op.create_index("ix_send_log_time", ["created_at"], unique=False)
         batch_op.create_index(
@@ -237,6 +241,7 @@ def downgrade() -> None:
         )
         batch_op.drop_index("ix_send_log_time")
         batch_op.drop_index("ix_send_log_instance")
+        batch_op.drop_index("ix_send_log_lead")
         batch_op.drop_index("ix_send_log_enrollment")
         batch_op.drop_index("ix_send_log_claim")
         batch_op.drop_index("ix_send_log_campaign_time")
@@ -261,6 +266,7 @@ def downgrade() -> None:
     op.drop_table("sender_instance")
     op.drop_table("lead")
     with op.batch_alter_table("imported_send_log", schema=None) as batch_op:
+        batch_op.drop_index("ix_imported_key")
         batch_op.drop_index("ix_imported_label_time")
 
     op.drop_table("imported_send_log")
