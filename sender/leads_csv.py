@@ -97,11 +97,11 @@ def ascii_email(address: str) -> str:
 
 def parse_leads(data: bytes, source: str = "leads file") -> ParsedLeads:
     """Parse the whole file; raises UsageError (one line, naming `source`) if it is unusable."""
-    text = _decode(data, source)
+    text = decode_csv_text(data, source)
     if not text.strip():
         raise UsageError(f"{source} is empty: expected a header row with an '{EMAIL_COLUMN}' column")
 
-    lines = _LineCounter(text)
+    lines = LineCounter(text)
     # strict=True makes an unterminated quote an error instead of silently swallowing the rest of the
     # file into one field, and a stray character after a closing quote an error instead of data.
     reader = csv.reader(lines, strict=True)
@@ -143,7 +143,7 @@ def parse_leads(data: bytes, source: str = "leads file") -> ParsedLeads:
 _Record = tuple[int, list[str], str | None]
 
 
-class _LineCounter:
+class LineCounter:
     """Feeds the csv reader one physical line at a time and counts them.
 
     csv's own line_num would do too, but counting here keeps the meaning explicit: a record starts on
@@ -165,7 +165,7 @@ class _LineCounter:
         return line
 
 
-def _records(reader: Iterator[list[str]], lines: _LineCounter) -> Iterator[_Record]:
+def _records(reader: Iterator[list[str]], lines: LineCounter) -> Iterator[_Record]:
     while True:
         start = lines.consumed + 1
         try:
@@ -232,7 +232,7 @@ def _row_problem(values: list[str], columns: list[str], email_index: int) -> str
     return None
 
 
-def _decode(data: bytes, source: str) -> str:
+def decode_csv_text(data: bytes, source: str) -> str:
     # One leading BOM is fine (Excel writes it). Strip it by hand rather than with utf-8-sig, whose
     # error offsets would be relative to the data after the BOM.
     bom = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0

@@ -10,11 +10,8 @@ line number and can never fail the insert of the good ones. Whole-file problems 
 
 from __future__ import annotations
 
-import codecs
 import csv
-import io
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -23,7 +20,7 @@ from sqlalchemy import Engine, delete, func, insert, select, text
 
 from models import ImportedSendLog
 from sender.errors import UsageError
-from sender.leads_csv import normalize_email
+from sender.leads_csv import LineCounter, decode_csv_text, normalize_email
 
 T = ImportedSendLog.__table__
 C = T.c
@@ -165,18 +162,6 @@ def _zone(name: str) -> tzinfo:
         raise UsageError(f"unknown --timezone {name!r}: use an IANA name such as Europe/Warsaw") from None
 
 
-def _decode(data: bytes, source: str) -> str:
-    bom = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0  # Excel writes one
-    try:
-        return data[bom:].decode("utf-8")
-    except UnicodeDecodeError as exc:
-        offset = bom + exc.start
-        line = data.count(b"\n", 0, offset) + 1
-        raise UsageError(
-            f"{source} is not UTF-8: invalid byte 0x{data[offset]:02x} at byte offset {offset} (line {line})"
-        ) from None
-
-
 def _header_key(name: str) -> str:
     # campaignId, campaign_id, CAMPAIGN-ID and "Campaign Id" all mean the same column.
     return re.sub(r"[\s_\-]", "", name).lower()
@@ -220,7 +205,7 @@ def _map_columns(header: list[str], line: int, source: str, result: ImportResult
 
 
 def _parse(data: bytes, source: str, zone: tzinfo, result: ImportResult) -> list[dict[str, object]]:
-    text_ = _decode(data, source)
+    text_ = decode_csv_text(data, source)
     if not text_.strip():
         raise UsageError(f"{source} is empty: expected a header row with campaign, lead and time columns")
     records = _records(text_)
@@ -255,7 +240,7 @@ _Record = tuple[int, list[str], str | None]
 
 
 def _records(text_: str) -> list[_Record]:
-    lines = _Lines(text_)
+    lines = LineCounter(text_)
     # strict: an unterminated quote is an error for that record, not the rest of the file swallowed.
     reader = csv.reader(lines, strict=True)
     out: list[_Record] = []
@@ -269,24 +254,6 @@ def _records(text_: str) -> list[_Record]:
             out.append((start, [], f"malformed CSV: {' '.join(str(exc).split())}"))
             continue
         out.append((start, values, None))
-
-
-class _Lines:
-    """Feeds csv one physical line at a time and counts them, so a record's line is where it starts."""
-
-    def __init__(self, text_: str) -> None:
-        # newline="" keeps \r\n and lone \r intact, as csv expects; splitlines() would also split on
-        # U+2028 and friends and miscount.
-        self._it = iter(io.StringIO(text_, newline=""))
-        self.consumed = 0
-
-    def __iter__(self) -> Iterator[str]:
-        return self
-
-    def __next__(self) -> str:
-        line = next(self._it)
-        self.consumed += 1
-        return line
 
 
 def _blank(values: list[str]) -> bool:
