@@ -143,24 +143,21 @@ def sends_since(conn: Connection, *, campaign_id: int, day_start: datetime) -> i
     return int(conn.execute(_SENDS_SINCE, {"campaign_id": campaign_id, "day_start": day_start}).scalar_one())
 
 
-_LEADS = text("""
+# The domain part of the address: SQLite has no split_part.
+_DOMAIN = {"sqlite": "substr(l.email, instr(l.email, '@') + 1)", "postgresql": "split_part(l.email, '@', 2)"}
+_LEADS = """
 SELECT l.id, l.email, l.first_name, l.last_name, l.fields,
-       EXISTS (SELECT 1 FROM suppression AS s
-               WHERE s.email = l.email OR s.domain = substr(l.email, instr(l.email, '@') + 1)) AS suppressed
+       EXISTS (SELECT 1 FROM suppression AS s WHERE s.email = l.email OR s.domain = {domain}) AS suppressed
 FROM lead AS l WHERE l.id IN :ids
-""").bindparams(bindparam("ids", expanding=True))
-
-_LEADS_POSTGRESQL = text("""
-SELECT l.id, l.email, l.first_name, l.last_name, l.fields,
-       EXISTS (SELECT 1 FROM suppression AS s
-               WHERE s.email = l.email OR s.domain = split_part(l.email, '@', 2)) AS suppressed
-FROM lead AS l WHERE l.id IN :ids
-""").bindparams(bindparam("ids", expanding=True))
+"""
+_LEADS_BY_DIALECT = {
+    name: text(_LEADS.format(domain=domain)).bindparams(bindparam("ids", expanding=True))
+    for name, domain in _DOMAIN.items()
+}
 
 
 def lead_data(conn: Connection, lead_ids: Sequence[int]) -> dict[int, LeadData]:
-    stmt = _LEADS if conn.dialect.name == "sqlite" else _LEADS_POSTGRESQL
-    rows = conn.execute(stmt, {"ids": list(lead_ids)}).all()
+    rows = conn.execute(_LEADS_BY_DIALECT[conn.dialect.name], {"ids": list(lead_ids)}).all()
     return {r[0]: LeadData(r[1], r[2], r[3], r[4], bool(r[5])) for r in rows}
 
 
@@ -212,28 +209,20 @@ def reserve(
 # Safe: only the claim holder with an unexpired lease passes, and only while the campaign is active.
 # FOR SHARE makes a concurrent pause wait until this commits; a pause that committed first leaves no
 # active row to lock (READ COMMITTED re-checks the locked row), so no transmission starts after it.
-_GATE_POSTGRESQL = _sql("""
+_GATE = """
 UPDATE send_log SET status = 'transmitting', transmit_at = :now
 WHERE id = :send_id AND status = 'reserved' AND claim_token = :token
   AND EXISTS (SELECT 1 FROM campaign_lead AS cl
               WHERE cl.id = :enrollment_id AND cl.status = 'sending' AND cl.claim_token = :token
                 AND cl.lease_expires_at > :now)
-  AND EXISTS (SELECT 1 FROM campaign AS c WHERE c.id = :campaign_id AND c.status = 'active' FOR SHARE)
-""")
-
-# Safe: under BEGIN IMMEDIATE a pause cannot commit between this check and this update.
-_GATE_SQLITE = _sql("""
-UPDATE send_log SET status = 'transmitting', transmit_at = :now
-WHERE id = :send_id AND status = 'reserved' AND claim_token = :token
-  AND EXISTS (SELECT 1 FROM campaign_lead AS cl
-              WHERE cl.id = :enrollment_id AND cl.status = 'sending' AND cl.claim_token = :token
-                AND cl.lease_expires_at > :now)
-  AND EXISTS (SELECT 1 FROM campaign AS c WHERE c.id = :campaign_id AND c.status = 'active')
-""")
+  AND EXISTS (SELECT 1 FROM campaign AS c WHERE c.id = :campaign_id AND c.status = 'active' {lock})
+"""
+# SQLite has no row locks and needs none: under BEGIN IMMEDIATE a pause cannot commit in between.
+_GATE_BY_DIALECT = {"postgresql": _sql(_GATE.format(lock="FOR SHARE")), "sqlite": _sql(_GATE.format(lock=""))}
 
 
 def commit_to_transmit(conn: Connection, c: Claimed, *, send_id: int, now: datetime) -> bool:
-    stmt = _GATE_SQLITE if conn.dialect.name == "sqlite" else _GATE_POSTGRESQL
+    stmt = _GATE_BY_DIALECT[conn.dialect.name]
     params = {
         "send_id": send_id,
         "token": c.token,
