@@ -94,6 +94,7 @@ def _act(action: str, campaign: str, reason: str | None) -> None:
         st.error(ui.md(exc))
         return
     ui.clear_caches()
+    st.session_state.pop("sg_reason", None)  # a pause's reason must not become the resume's
     done = "Paused" if action == "pause" else "Resumed"
     ui.flash("success", f"{done} {ui.md(campaign)} (recorded as {ui.md(ctx.actor)}).")
     st.rerun()

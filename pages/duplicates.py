@@ -41,6 +41,12 @@ if requested is not None and f"imported:{requested}" in options:
     st.session_state["sg_dup_source"] = f"imported:{requested}"
 if st.session_state.get("sg_dup_source") not in options:
     st.session_state.pop("sg_dup_source", None)  # e.g. a label replaced meanwhile
+if "sg_dup_source" not in st.session_state and labels:
+    # First visit: the live log cannot hold key duplicates (the guard stops them), so when it shows
+    # none, open on the newest imported log, where an incident's onset is to be seen.
+    live = ui.guarded(ui.duplicates_data, ctx.url, None, None, 600, "any")
+    if live is not None and live.summary["duplicate_sends"] == 0:
+        st.session_state["sg_dup_source"] = f"imported:{labels[-1]}"
 
 
 def _source_name(option: str) -> str:

@@ -241,6 +241,9 @@ def test_duplicates_page_live_matches_report_duplicates(
     report = _cli_json(["report", "duplicates"], demo_url, tmp_path)
     at = ok(app(monkeypatch, demo_url))
     ok(at.switch_page("pages/duplicates.py").run())
+    # The live log holds no key duplicates, so the first visit opens on an imported incident.
+    assert at.selectbox(key="sg_dup_source").value.startswith("imported:")
+    ok(at.selectbox(key="sg_dup_source").select("live").run())
     assert at.selectbox(key="sg_dup_source").value == "live"
     _assert_matches_report(at, report)
     assert metrics(at)["Onset"] == "none" and report["onset"] is None
