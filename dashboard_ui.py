@@ -44,7 +44,8 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
+from datetime import time as dt_time
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -515,10 +516,18 @@ def timeline_data(
 
 @st.cache_data(ttl=15, show_spinner=False, max_entries=64)
 def duplicates_data(
-    url: str, label: str | None, campaign: str | None, bucket_seconds: int, kind: str
+    url: str,
+    label: str | None,
+    campaign: str | None,
+    bucket_seconds: int,
+    kind: str,
+    since: datetime | None = None,
+    until: datetime | None = None,
 ) -> dd.DuplicatesData:
     source = reports.Source.imported(label) if label is not None else reports.LIVE
-    return dd.load_duplicates_data(reader_engine(url), source, campaign, bucket_seconds, kind)
+    return dd.load_duplicates_data(
+        reader_engine(url), source, campaign, bucket_seconds, kind, since=since, until=until
+    )
 
 
 @st.cache_data(ttl=10, show_spinner=False, max_entries=16)
@@ -534,6 +543,52 @@ def senders_data(url: str, lease_seconds: float) -> Any:
 @st.cache_data(ttl=3, show_spinner=False, max_entries=16)
 def review_data(url: str) -> dd.ReviewData:
     return dd.load_review_data(reader_engine(url))
+
+
+# --- time ranges ---------------------------------------------------------------------------------
+
+RANGES: dict[str, timedelta | None] = {
+    "Last hour": timedelta(hours=1),
+    "Last 6 hours": timedelta(hours=6),
+    "Last 24 hours": timedelta(hours=24),
+    "Last 3 days": timedelta(days=3),
+    "Last 7 days": timedelta(days=7),
+    "Last 30 days": timedelta(days=30),
+    "All time": None,
+    "Custom dates (UTC)": None,
+}
+CUSTOM = "Custom dates (UTC)"
+
+
+def floor_to_bucket(at: datetime, seconds: int) -> datetime:
+    # Aligned to the bucket so the cache key (and the first bucket) stays put between refreshes.
+    epoch = int(at.timestamp())
+    return datetime.fromtimestamp(epoch - epoch % seconds, UTC)
+
+
+def time_range(
+    column: Any, key: str, default: str, bucket_seconds: int, reader: Engine
+) -> tuple[datetime | None, datetime | None]:
+    """A "Time range" picker in `column`: (since, until) for the chosen range, `since` floored to the
+    bucket and taken from the database's clock (the senders' clock); (None, None) for all time. Stops the
+    script with a hint while a custom range is half picked."""
+    choice = column.selectbox("Time range", list(RANGES), index=list(RANGES).index(default), key=key)
+    if choice == CUSTOM:
+        today = date.today()
+        picked = st.date_input(
+            "From / to (inclusive)",
+            value=(today - timedelta(days=3), today),
+            key=key.removesuffix("_range") + "_dates",
+        )
+        if isinstance(picked, tuple | list) and len(picked) == 2:
+            since = datetime.combine(picked[0], dt_time(0), tzinfo=UTC)
+            return since, datetime.combine(picked[1] + timedelta(days=1), dt_time(0), tzinfo=UTC)
+        st.info("Pick both a start and an end date.")
+        st.stop()
+    span = RANGES[choice]
+    if span is None:
+        return None, None
+    return floor_to_bucket(dd.db_now(reader) - span, bucket_seconds), None
 
 
 def clear_caches() -> None:

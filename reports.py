@@ -37,7 +37,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 import pandas as pd
-from sqlalchemy import Engine, Float, Integer, String, bindparam, text
+from sqlalchemy import Engine, Float, Integer, String, TextClause, bindparam, text
 from sqlmodel.sql.sqltypes import UTCDateTime
 
 from sender.errors import UsageError
@@ -161,7 +161,7 @@ _LIVE_SENDS = """sends AS {inline} (
            sl.step, sl.variant_letter AS variant, sl.created_at AS ts, {bucket} AS bucket,
            sl.instance_id AS instance, sl.host, sl.pid
     FROM send_log AS sl
-    WHERE sl.status IN ('sent', 'unknown') {campaign_filter}
+    WHERE sl.status IN ('sent', 'unknown') {campaign_filter} {time_filter}
 )"""
 _LIVE_CAMPAIGN = "AND sl.campaign_id = (SELECT id FROM campaign WHERE name = :campaign)"
 
@@ -173,7 +173,7 @@ _IMPORTED_SENDS = """sends AS {inline} (
            coalesce(i.instance, i.host || ':' || CAST(i.pid AS VARCHAR(20)), i.host) AS instance,
            i.host, i.pid
     FROM imported_send_log AS i
-    WHERE i.label = :label AND {is_send} {campaign_filter}
+    WHERE i.label = :label AND {is_send} {campaign_filter} {time_filter}
 )"""
 _IMPORTED_CAMPAIGN = "AND i.campaign = :campaign"
 
@@ -183,14 +183,14 @@ _IMPORTED_CAMPAIGN = "AND i.campaign = :campaign"
 _LIVE_DUP_KEYS = """dup_keys AS {materialized} (
     SELECT campaign_id AS campaign_key, lead_id AS lead_key, step
     FROM send_log AS sl
-    WHERE status IN ('reserved', 'transmitting', 'sent', 'unknown') {campaign_filter}
+    WHERE status IN ('reserved', 'transmitting', 'sent', 'unknown') {campaign_filter} {time_filter}
     GROUP BY campaign_id, lead_id, step
     HAVING count(*) > 1
 )"""
 _IMPORTED_DUP_KEYS = """dup_keys AS {materialized} (
     SELECT campaign AS campaign_key, lead AS lead_key, step
     FROM imported_send_log AS i
-    WHERE label = :label {campaign_filter}
+    WHERE label = :label {campaign_filter} {time_filter}
     GROUP BY campaign, lead, step
     HAVING count(*) > 1
 )"""
@@ -198,9 +198,10 @@ _IMPORTED_DUP_KEYS = """dup_keys AS {materialized} (
 # Lead records that share their address with another record: the only source of address duplicates.
 _LIVE_SHARED_LEADS = "shared_leads AS (SELECT lead_id AS lead_key FROM canon)"
 _IMPORTED_SHARED_LEADS = """shared_leads AS (
-    SELECT DISTINCT lead AS lead_key FROM imported_send_log
-    WHERE label = :label AND coalesce(lower(trim(email)), lead) IN (
-        SELECT coalesce(lower(trim(email)), lead) FROM imported_send_log WHERE label = :label
+    SELECT DISTINCT lead AS lead_key FROM imported_send_log AS i
+    WHERE label = :label {time_filter} AND coalesce(lower(trim(email)), lead) IN (
+        SELECT coalesce(lower(trim(email)), lead) FROM imported_send_log AS i
+        WHERE label = :label {time_filter}
         GROUP BY coalesce(lower(trim(email)), lead) HAVING count(DISTINCT lead) > 1
     )
 )"""
@@ -210,16 +211,16 @@ _IMPORTED_SHARED_LEADS = """shared_leads AS (
 # campaign, plus records sharing their address with another record (needs shared_leads). A cheap GROUP
 # BY on the lead key, so the cross-campaign window sorts only the overlapping part of the log.
 _LIVE_MULTI_LEADS = """multi_leads AS (
-    SELECT lead_id AS lead_key FROM send_log
-    WHERE status IN ('sent', 'unknown')
+    SELECT lead_id AS lead_key FROM send_log AS sl
+    WHERE status IN ('sent', 'unknown') {time_filter}
     GROUP BY lead_id
     HAVING min(campaign_id) <> max(campaign_id)
     UNION
     SELECT lead_key FROM shared_leads
 )"""
 _IMPORTED_MULTI_LEADS = """multi_leads AS (
-    SELECT lead AS lead_key FROM imported_send_log
-    WHERE label = :label
+    SELECT lead AS lead_key FROM imported_send_log AS i
+    WHERE label = :label {time_filter}
     GROUP BY lead
     HAVING min(campaign) <> max(campaign)
     UNION
@@ -227,11 +228,34 @@ _IMPORTED_MULTI_LEADS = """multi_leads AS (
 )"""
 
 
-def _fragments(engine: Engine, source: Source, campaign: str | None) -> dict[str, str]:
-    """The constant SQL pieces of one (dialect, source, campaign filter): `prelude` (CTEs the others
-    need, ending in a comma, or empty), `sends` (filtered by campaign), `sends_all` (never filtered),
-    `dup_keys`, `shared_leads`, `multi_leads` and `campaign_key` (a condition naming the filtered
-    campaign, or TRUE)."""
+@dataclass(frozen=True)
+class Span:
+    """A time range [since, until) of send times; None on either side is open. A duplicate report over a
+    span considers only the sends in it: a copy, the first variant, the first lead record or campaign to
+    reach an address are decided among them (all time = the whole log)."""
+
+    since: datetime | None = None
+    until: datetime | None = None
+
+    def filter(self, column: str) -> str:
+        return _time_filter(column, self.since, self.until)
+
+    def binds(self) -> list:
+        return _time_binds(self.since, self.until)
+
+    def params(self) -> dict[str, datetime]:
+        return {k: _utc(v) for k, v in (("since", self.since), ("until", self.until)) if v}
+
+
+ALL_TIME = Span()
+
+
+def _fragments(engine: Engine, source: Source, campaign: str | None, span: Span = ALL_TIME) -> dict[str, str]:
+    """The constant SQL pieces of one (dialect, source, campaign filter, span): `prelude` (CTEs the others
+    need, ending in a comma, or empty), `sends` (filtered by campaign), `sends_all` (never filtered by
+    campaign), `dup_keys`, `shared_leads`, `multi_leads` and `campaign_key` (a condition naming the
+    filtered campaign, or TRUE). Every read of a send log is limited to the span, so a report over a
+    recent span costs a range scan of ix_send_log_time / ix_imported_label_time, whatever the log's size."""
     inline = _inline(engine)
     # Small candidate sets are computed once: PostgreSQL's parallel workers would otherwise each
     # rebuild an inlined one for their hash join.
@@ -239,36 +263,42 @@ def _fragments(engine: Engine, source: Source, campaign: str | None) -> dict[str
     if source.live:
         cf = _LIVE_CAMPAIGN if campaign else ""
         bucket = _bucket(engine, "sl.created_at")
+        tf = span.filter("sl.created_at")
         return {
             "prelude": _LIVE_CANON,
-            "sends": _LIVE_SENDS.format(inline=inline, bucket=bucket, campaign_filter=cf),
-            "sends_all": _LIVE_SENDS.format(inline=inline, bucket=bucket, campaign_filter=""),
-            "dup_keys": _LIVE_DUP_KEYS.format(materialized=materialized, campaign_filter=cf),
+            "sends": _LIVE_SENDS.format(inline=inline, bucket=bucket, campaign_filter=cf, time_filter=tf),
+            "sends_all": _LIVE_SENDS.format(inline=inline, bucket=bucket, campaign_filter="", time_filter=tf),
+            "dup_keys": _LIVE_DUP_KEYS.format(materialized=materialized, campaign_filter=cf, time_filter=tf),
             "shared_leads": _LIVE_SHARED_LEADS,
-            "multi_leads": _LIVE_MULTI_LEADS,
+            "multi_leads": _LIVE_MULTI_LEADS.format(time_filter=tf),
             "campaign_key": (
                 "campaign_key = (SELECT id FROM campaign WHERE name = :campaign)" if campaign else "1 = 1"
             ),
         }
     cf = _IMPORTED_CAMPAIGN if campaign else ""
     bucket = _bucket(engine, "i.sent_at")
+    tf = span.filter("i.sent_at")
+    sends = _IMPORTED_SENDS.replace("{is_send}", _IMPORTED_SEND)
     return {
         "prelude": "",
-        "sends": _IMPORTED_SENDS.format(
-            inline=inline, bucket=bucket, is_send=_IMPORTED_SEND, campaign_filter=cf
-        ),
-        "sends_all": _IMPORTED_SENDS.format(
-            inline=inline, bucket=bucket, is_send=_IMPORTED_SEND, campaign_filter=""
-        ),
-        "dup_keys": _IMPORTED_DUP_KEYS.format(materialized=materialized, campaign_filter=cf),
-        "shared_leads": _IMPORTED_SHARED_LEADS,
-        "multi_leads": _IMPORTED_MULTI_LEADS,
+        "sends": sends.format(inline=inline, bucket=bucket, campaign_filter=cf, time_filter=tf),
+        "sends_all": sends.format(inline=inline, bucket=bucket, campaign_filter="", time_filter=tf),
+        "dup_keys": _IMPORTED_DUP_KEYS.format(materialized=materialized, campaign_filter=cf, time_filter=tf),
+        "shared_leads": _IMPORTED_SHARED_LEADS.format(time_filter=tf),
+        "multi_leads": _IMPORTED_MULTI_LEADS.format(time_filter=tf),
         "campaign_key": "campaign_key = :campaign" if campaign else "1 = 1",
     }
 
 
-def _params(source: Source, campaign: str | None, bucket_seconds: int = 600, **extra: object) -> dict:
-    return {"label": source.label, "campaign": campaign, "b": int(bucket_seconds), **extra}
+def _params(
+    source: Source, campaign: str | None, bucket_seconds: int = 600, span: Span = ALL_TIME, **extra: object
+) -> dict:
+    return {"label": source.label, "campaign": campaign, "b": int(bucket_seconds), **span.params(), **extra}
+
+
+def _statement(sql: str, span: Span) -> TextClause:
+    """text() with the span's bounds typed, so SQLite compares them in the stored UTC format."""
+    return text(sql).bindparams(*span.binds())
 
 
 def _utc(value: datetime) -> datetime:
@@ -306,6 +336,21 @@ def parse_bucket(value: str) -> int:
     if not 1 <= seconds <= MAX_BUCKET_SECONDS:
         raise UsageError(f"--bucket {value!r}: must be between 1s and 366d")
     return seconds
+
+
+def parse_time(value: str, now: datetime, option: str = "--since") -> datetime:
+    """An ISO-8601 time (no zone = UTC) or an age such as `24h` / `7d` (that long before `now`) -> an
+    aware UTC datetime; UsageError (exit 2) otherwise."""
+    text_value = (value or "").strip()
+    if re.fullmatch(r"\d{1,9}\s*[smhd]", text_value, flags=re.IGNORECASE):
+        return _utc(now) - timedelta(seconds=parse_bucket(text_value))
+    try:
+        return _utc(datetime.fromisoformat(text_value))
+    except ValueError:
+        raise UsageError(
+            f"{option} {value!r}: expected an ISO-8601 time (2026-11-29T08:00, UTC unless it has an offset) "
+            "or an age such as 24h or 7d"
+        ) from None
 
 
 def format_bucket(seconds: int) -> str:
@@ -419,16 +464,20 @@ def duplicate_buckets(
     campaign: str | None = None,
     bucket_seconds: int = 600,
     *,
+    since: datetime | None = None,
+    until: datetime | None = None,
     max_buckets: int = MAX_BUCKETS,
 ) -> pd.DataFrame:
     """One row per non-empty bucket: bucket (epoch seconds, int), sends, duplicate_sends, exact_sends,
     cross_variant_sends, exact_keys, cross_variant_keys (affected keys whose first duplicate falls in
     the bucket), instances (distinct sender instances that sent in the bucket). Raises TooManyBuckets
     beyond `max_buckets` rows."""
-    sql = _DUPLICATE_BUCKETS.format(**_fragments(engine, source, campaign))
-    stmt = text(sql).columns(**dict.fromkeys(BUCKET_COLUMNS, Integer))
+    span = Span(since, until)
+    sql = _DUPLICATE_BUCKETS.format(**_fragments(engine, source, campaign, span))
+    stmt = _statement(sql, span).columns(**dict.fromkeys(BUCKET_COLUMNS, Integer))
+    params = _params(source, campaign, bucket_seconds, span, max_rows=max_buckets + 1)
     with engine.connect() as conn:
-        rows = conn.execute(stmt, _params(source, campaign, bucket_seconds, max_rows=max_buckets + 1)).all()
+        rows = conn.execute(stmt, params).all()
     _check_bucket_rows(len(rows), max_buckets, bucket_seconds)
     return pd.DataFrame(rows, columns=BUCKET_COLUMNS, dtype="int64")
 
@@ -481,44 +530,65 @@ SELECT coalesce(sum(n), 0), count(*)
 FROM (
     SELECT e.campaign_id, e.lead_id, count(*) AS n
     FROM campaign_event AS e
-    WHERE e.kind = 'duplicate_prevented' {campaign_filter}
+    WHERE e.kind = 'duplicate_prevented' {campaign_filter} {time_filter}
     GROUP BY e.campaign_id, e.lead_id
 ) AS g
 """
 
 
-def _two_counts(engine: Engine, sql: str, params: dict) -> dict[str, int]:
+def _two_counts(engine: Engine, sql: str, params: dict, span: Span = ALL_TIME) -> dict[str, int]:
     with engine.connect() as conn:
-        sends, affected = conn.execute(text(sql), params).one()
+        sends, affected = conn.execute(_statement(sql, span), params).one()
     return {"duplicate_sends": int(sends), "affected_leads": int(affected)}
 
 
-def address_duplicates(engine: Engine, source: Source = LIVE, campaign: str | None = None) -> dict[str, int]:
+def address_duplicates(
+    engine: Engine,
+    source: Source = LIVE,
+    campaign: str | None = None,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> dict[str, int]:
     """{"duplicate_sends", "affected_leads"} for one address reached via several lead records."""
-    sql = _ADDRESS.format(**_fragments(engine, source, campaign))
-    return _two_counts(engine, sql, _params(source, campaign))
+    span = Span(since, until)
+    sql = _ADDRESS.format(**_fragments(engine, source, campaign, span))
+    return _two_counts(engine, sql, _params(source, campaign, span=span), span)
 
 
 def cross_campaign_duplicates(
-    engine: Engine, source: Source = LIVE, campaign: str | None = None
+    engine: Engine,
+    source: Source = LIVE,
+    campaign: str | None = None,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
 ) -> dict[str, int]:
     """{"duplicate_sends", "affected_leads"} for addresses sent by more than one campaign."""
-    sql = _CROSS_CAMPAIGN.format(**_fragments(engine, source, campaign))
-    return _two_counts(engine, sql, _params(source, campaign))
+    span = Span(since, until)
+    sql = _CROSS_CAMPAIGN.format(**_fragments(engine, source, campaign, span))
+    return _two_counts(engine, sql, _params(source, campaign, span=span), span)
 
 
 def prevented_duplicates(
-    engine: Engine, source: Source = LIVE, campaign: str | None = None
+    engine: Engine,
+    source: Source = LIVE,
+    campaign: str | None = None,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
 ) -> dict[str, int]:
     """{"duplicate_sends", "affected_leads"} for guard firings; always zero for an imported log."""
     if not source.live:
         return {"duplicate_sends": 0, "affected_leads": 0}
+    span = Span(since, until)
     sql = _PREVENTED.format(
         campaign_filter="AND e.campaign_id = (SELECT id FROM campaign WHERE name = :campaign)"
         if campaign
-        else ""
+        else "",
+        time_filter=span.filter("e.created_at"),
     )
-    return _two_counts(engine, sql, {"campaign": campaign})
+    return _two_counts(engine, sql, {"campaign": campaign, **span.params()}, span)
 
 
 def duplicate_summary(
@@ -527,10 +597,14 @@ def duplicate_summary(
     campaign: str | None = None,
     bucket_seconds: int = 600,
     *,
+    since: datetime | None = None,
+    until: datetime | None = None,
     max_buckets: int = MAX_BUCKETS,
 ) -> dict[str, object]:
-    """CLI.md's `report duplicates --json` shape: totals, onset, by_kind, buckets."""
-    buckets = duplicate_buckets(engine, source, campaign, bucket_seconds, max_buckets=max_buckets)
+    """CLI.md's `report duplicates --json` shape: totals, onset, by_kind, buckets, over the sends in
+    [since, until) (all time by default)."""
+    span = {"since": since, "until": until}
+    buckets = duplicate_buckets(engine, source, campaign, bucket_seconds, max_buckets=max_buckets, **span)
     # Totals are exact sums of the buckets: every send is in one bucket, copy = 1 marks one send per key
     # and copy = 2 one send per affected key (see _DUPLICATE_BUCKETS).
     total = int(buckets["sends"].sum())
@@ -550,9 +624,9 @@ def duplicate_summary(
                 "duplicate_sends": int(buckets["cross_variant_sends"].sum()),
                 "affected_leads": cross_keys,
             },
-            "address": address_duplicates(engine, source, campaign),
-            "cross_campaign": cross_campaign_duplicates(engine, source, campaign),
-            "prevented": prevented_duplicates(engine, source, campaign),
+            "address": address_duplicates(engine, source, campaign, **span),
+            "cross_campaign": cross_campaign_duplicates(engine, source, campaign, **span),
+            "prevented": prevented_duplicates(engine, source, campaign, **span),
         },
         "buckets": [
             {
@@ -598,15 +672,24 @@ INSTANCE_COLUMNS = ["instance", "host", "pid", "sends", "duplicate_sends", "firs
 
 
 def duplicates_by_instance(
-    engine: Engine, source: Source = LIVE, campaign: str | None = None, limit: int = 100
+    engine: Engine,
+    source: Source = LIVE,
+    campaign: str | None = None,
+    limit: int = 100,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
 ) -> pd.DataFrame:
     """Top `limit` sender instances by duplicate sends: instance, host, pid, sends, duplicate_sends,
     first_at, last_at (instance None = not recorded in an imported log)."""
-    sql = _BY_INSTANCE.format(**_fragments(engine, source, campaign))
-    stmt = text(sql).columns(instance=String, host=String, pid=Integer, sends=Integer, duplicate_sends=Integer,
+    span = Span(since, until)
+    sql = _BY_INSTANCE.format(**_fragments(engine, source, campaign, span))
+    stmt = _statement(sql, span).columns(instance=String, host=String, pid=Integer, sends=Integer, duplicate_sends=Integer,
                              first_at=_TS, last_at=_TS)  # fmt: skip
     with engine.connect() as conn:
-        rows = conn.execute(stmt, _params(source, campaign, limit=min(limit, MAX_DETAIL_ROWS))).all()
+        rows = conn.execute(
+            stmt, _params(source, campaign, span=span, limit=min(limit, MAX_DETAIL_ROWS))
+        ).all()
     return pd.DataFrame(rows, columns=INSTANCE_COLUMNS)
 
 
@@ -719,7 +802,7 @@ FROM campaign_event AS e
 JOIN campaign AS c ON c.id = e.campaign_id
 LEFT JOIN lead AS l ON l.id = e.lead_id
 LEFT JOIN sender_instance AS si ON si.id = e.instance_id
-WHERE e.kind = 'duplicate_prevented' {campaign_filter}
+WHERE e.kind = 'duplicate_prevented' {campaign_filter} {time_filter}
 ORDER BY e.created_at DESC, e.id DESC
 LIMIT :limit
 """
@@ -728,8 +811,8 @@ _SAME_VARIANT = "coalesce(second_variant, '') = coalesce(first_variant, '')"
 _VARIANT_FILTER = {"exact": f"AND {_SAME_VARIANT}", "cross_variant": f"AND NOT ({_SAME_VARIANT})", "any": ""}
 
 
-def _details_sql(engine: Engine, source: Source, kind: str, campaign: str | None) -> str:
-    fragments = _fragments(engine, source, campaign)
+def _details_sql(engine: Engine, source: Source, kind: str, campaign: str | None, span: Span) -> str:
+    fragments = _fragments(engine, source, campaign, span)
     if kind in _VARIANT_FILTER:
         return _DETAILS_KEY.format(variant_filter=_VARIANT_FILTER[kind], **fragments)
     if kind == "address":
@@ -737,7 +820,10 @@ def _details_sql(engine: Engine, source: Source, kind: str, campaign: str | None
     if kind == "cross_campaign":
         return _DETAILS_CROSS_CAMPAIGN.format(**fragments)
     if kind == "prevented":
-        return _DETAILS_PREVENTED.format(campaign_filter="AND c.name = :campaign" if campaign else "")
+        return _DETAILS_PREVENTED.format(
+            campaign_filter="AND c.name = :campaign" if campaign else "",
+            time_filter=span.filter("e.created_at"),
+        )
     raise UsageError(f"unknown duplicate kind {kind!r}: one of {', '.join((*KINDS, 'any'))}")
 
 
@@ -747,6 +833,9 @@ def duplicate_details(
     kind: Kind = "any",
     limit: int = 500,
     campaign: str | None = None,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
 ) -> pd.DataFrame:
     """Drill-down rows (at most `limit`, capped at MAX_DETAIL_ROWS): every copy of the affected leads of
     one kind, each with its time, variant and sender instance. Columns DETAIL_COLUMNS; `group` numbers
@@ -754,11 +843,12 @@ def duplicate_details(
     first. kind: exact | cross_variant | any (both) | address | cross_campaign | prevented."""
     if kind == "prevented" and not source.live:
         return pd.DataFrame(columns=DETAIL_COLUMNS)
-    sql = _details_sql(engine, source, kind, campaign)
-    stmt = text(sql).columns(**_DETAIL_TYPES)
+    span = Span(since, until)
+    sql = _details_sql(engine, source, kind, campaign, span)
+    stmt = _statement(sql, span).columns(**_DETAIL_TYPES)
     limit = max(0, min(int(limit), MAX_DETAIL_ROWS))
     with engine.connect() as conn:
-        rows = conn.execute(stmt, _params(source, campaign, limit=limit)).all()
+        rows = conn.execute(stmt, _params(source, campaign, span=span, limit=limit)).all()
     df = pd.DataFrame(rows, columns=DETAIL_COLUMNS[2:])
     df.insert(0, "kind", kind)
     group_by = {"address": ["campaign", "email", "step"], "cross_campaign": ["email"]}.get(
@@ -790,6 +880,17 @@ ORDER BY bucket, campaign, outcome
 LIMIT :max_rows
 """
 
+# All campaigns together: one row per bucket x outcome (the page's default view; bucket x campaign x
+# outcome would multiply the rows by the number of campaigns for a chart that sums them anyway).
+_TIMELINE_TOTAL = """
+SELECT {bucket} AS bucket, CAST(NULL AS VARCHAR(200)) AS campaign, sl.status AS outcome, count(*) AS sends
+FROM send_log AS sl
+WHERE sl.status IN ('sent', 'failed', 'deferred', 'unknown') {campaign_filter} {time_filter}
+GROUP BY {bucket}, sl.status
+ORDER BY bucket, outcome
+LIMIT :max_rows
+"""
+
 # The same range by sender instance: `sends` are delivered or possibly delivered, `attempts` every
 # finished attempt (adding failed and deferred); the number of rows per bucket is the number of active
 # senders, the incident's root-cause signal.
@@ -811,16 +912,19 @@ def sends_timeline(
     since: datetime | None = None,
     until: datetime | None = None,
     *,
-    by: Literal["outcome", "instance"] = "outcome",
+    by: Literal["outcome", "total", "instance"] = "outcome",
     max_rows: int = MAX_BUCKETS,
 ) -> pd.DataFrame:
     """Live send_log attempts over time. by="outcome": bucket, campaign, outcome (sent, failed, deferred,
-    unknown), sends. by="instance": bucket, instance, host, pid, sends (sent + unknown), attempts.
+    unknown), sends; by="total": the same summed over campaigns (campaign None). by="instance": bucket, instance, host, pid, sends (sent + unknown), attempts.
     `bucket` is an aware UTC datetime; [since, until) filters on the attempt time. Raises
     TooManyBuckets beyond `max_rows` rows."""
     template, columns = (
-        (_TIMELINE_OUTCOME, {"bucket": Integer, "campaign": String, "outcome": String, "sends": Integer})
-        if by == "outcome"
+        (
+            _TIMELINE_OUTCOME if by == "outcome" else _TIMELINE_TOTAL,
+            {"bucket": Integer, "campaign": String, "outcome": String, "sends": Integer},
+        )
+        if by in ("outcome", "total")
         else (_TIMELINE_INSTANCE, {"bucket": Integer, "instance": String, "host": String, "pid": Integer,
                                    "sends": Integer, "attempts": Integer})
     )  # fmt: skip
@@ -895,14 +999,18 @@ SELECT c.name, c.status,
 FROM campaign AS c
 LEFT JOIN (
     SELECT campaign_id,
-           sum(CASE WHEN status = 'queued' THEN 1 ELSE 0 END) AS queued,
-           sum(CASE WHEN status = 'sending' THEN 1 ELSE 0 END) AS sending,
-           sum(CASE WHEN status = 'sent' THEN 1 ELSE 0 END) AS sent,
-           sum(CASE WHEN status = 'failed' THEN 1 ELSE 0 END) AS failed,
-           sum(CASE WHEN status = 'skipped' THEN 1 ELSE 0 END) AS skipped,
-           sum(CASE WHEN status = 'unknown' THEN 1 ELSE 0 END) AS unknown,
-           count(*) AS enrolled
-    FROM campaign_lead
+           sum(CASE WHEN status = 'queued' THEN n ELSE 0 END) AS queued,
+           sum(CASE WHEN status = 'sending' THEN n ELSE 0 END) AS sending,
+           sum(CASE WHEN status = 'sent' THEN n ELSE 0 END) AS sent,
+           sum(CASE WHEN status = 'failed' THEN n ELSE 0 END) AS failed,
+           sum(CASE WHEN status = 'skipped' THEN n ELSE 0 END) AS skipped,
+           sum(CASE WHEN status = 'unknown' THEN n ELSE 0 END) AS unknown,
+           sum(n) AS enrolled
+    FROM (
+        -- the plain (campaign_id, status) grouping is the prefix of ix_campaign_lead_claim: both planners
+        -- count it from the index alone, with no per-row CASE; the pivot then runs over ~campaigns x 6 rows
+        SELECT campaign_id, status, count(*) AS n FROM campaign_lead GROUP BY campaign_id, status
+    ) AS per_status
     GROUP BY campaign_id
 ) AS q ON q.campaign_id = c.id
 LEFT JOIN (

@@ -18,6 +18,9 @@ ctx = ui.page_context()
 LIVE = "live"
 ALL = "(all campaigns)"
 BUCKETS = ["1m", "5m", "10m", "30m", "1h", "6h", "1d"]
+# The live log defaults to a recent range (its cost is a range scan however long the log); an imported
+# log is an incident to analyse as a whole.
+LIVE_RANGE, IMPORTED_RANGE = "Last 24 hours", "All time"
 SOURCE_REQUEST = "sg_dup_source_request"  # set by the Import page: preselect the log just imported
 KIND_TITLES = {
     "exact": ("Exact duplicates", "same campaign, lead and step sent again with the same variant"),
@@ -44,7 +47,8 @@ if st.session_state.get("sg_dup_source") not in options:
 if "sg_dup_source" not in st.session_state and labels:
     # First visit: the live log cannot hold key duplicates (the guard stops them), so when it shows
     # none, open on the newest imported log, where an incident's onset is to be seen.
-    live = ui.guarded(ui.duplicates_data, ctx.url, None, None, 600, "any")
+    recent = ui.floor_to_bucket(dd.db_now(ctx.reader()) - ui.RANGES[LIVE_RANGE], 600)
+    live = ui.guarded(ui.duplicates_data, ctx.url, None, None, 600, "any", recent)
     if live is not None and live.summary["duplicate_sends"] == 0:
         st.session_state["sg_dup_source"] = f"imported:{labels[-1]}"
 
@@ -53,7 +57,7 @@ def _source_name(option: str) -> str:
     return "Live send log" if option == LIVE else f"Imported: {option.removeprefix('imported:')}"
 
 
-c1, c2, c3 = st.columns([3, 2, 1])
+c1, c2, c3, c4 = st.columns([3, 2, 2, 1])
 choice = c1.selectbox("Source", options, format_func=_source_name, key="sg_dup_source")
 label = None if choice == LIVE else choice.removeprefix("imported:")
 campaign = None
@@ -61,15 +65,25 @@ if label is None:
     names = ui.guarded(ui.campaign_names, ctx.url) or []
     picked = c2.selectbox("Campaign", [ALL, *names], key="sg_dup_campaign")
     campaign = None if picked == ALL else picked
-bucket_seconds = reports.parse_bucket(c3.selectbox("Bucket", BUCKETS, index=2, key="sg_dup_bucket"))
+bucket_seconds = reports.parse_bucket(c4.selectbox("Bucket", BUCKETS, index=2, key="sg_dup_bucket"))
+since, until = ui.time_range(
+    c3,
+    "sg_dup_range_live" if label is None else "sg_dup_range_imported",
+    LIVE_RANGE if label is None else IMPORTED_RANGE,
+    bucket_seconds,
+    ctx.reader(),
+)
 kind = st.session_state.get("sg_dup_kind", "any")
 
-data = ui.guarded(ui.duplicates_data, ctx.url, label, campaign, bucket_seconds, kind)
+data = ui.guarded(ui.duplicates_data, ctx.url, label, campaign, bucket_seconds, kind, since, until)
 if data is None:
     st.stop()
 summary = data.summary
 
-st.caption(f"Source: {ui.md((reports.Source(label)).describe())}")
+st.caption(
+    f"Source: {ui.md((reports.Source(label)).describe())}. Counted among the sends in the time range: "
+    "a copy, and the first campaign or lead record to reach an address, are decided within it."
+)
 cols = st.columns(4)
 cols[0].metric("Sends", summary["total_sends"], help="delivered or possibly delivered (sent + unknown)")
 cols[1].metric("Duplicate sends", summary["duplicate_sends"], help="every send of a key after its first")
@@ -129,7 +143,7 @@ def _chart(buckets: pd.DataFrame, prevented: pd.DataFrame, onset: str | None) ->
 
 
 if data.buckets.empty:
-    st.info("No sends in this source.")
+    st.info("No sends in this source and time range.")
 else:
     st.plotly_chart(_chart(data.buckets, data.prevented, onset), key="sg_dup_chart")
     if onset:

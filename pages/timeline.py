@@ -3,13 +3,12 @@ over a chosen time range."""
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import datetime
 
 import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-import dashboard_data as dd
 import dashboard_ui as ui
 import reports
 
@@ -17,49 +16,19 @@ ctx = ui.page_context()
 
 ALL = "(all campaigns)"
 BUCKETS = ["1m", "5m", "10m", "30m", "1h", "6h", "1d"]
-RANGES: dict[str, timedelta | None] = {
-    "Last hour": timedelta(hours=1),
-    "Last 6 hours": timedelta(hours=6),
-    "Last 24 hours": timedelta(hours=24),
-    "Last 3 days": timedelta(days=3),
-    "Last 7 days": timedelta(days=7),
-    "Last 30 days": timedelta(days=30),
-    "All time": None,
-    "Custom dates (UTC)": None,
-}
 OUTCOME_COLORS = {"sent": "#2e7d32", "failed": "#c62828", "deferred": "#f9a825", "unknown": "#6a1b9a"}
 
 st.title("Timeline")
 names = ui.guarded(ui.campaign_names, ctx.url) or []
 c1, c2, c3 = st.columns([2, 2, 1])
 campaign_choice = c1.selectbox("Campaign", [ALL, *names], key="sg_tl_campaign")
-range_choice = c2.selectbox("Time range", list(RANGES), index=3, key="sg_tl_range")
 bucket_choice = c3.selectbox("Bucket", BUCKETS, index=2, key="sg_tl_bucket")
 campaign = None if campaign_choice == ALL else campaign_choice
 bucket_seconds = reports.parse_bucket(bucket_choice)
 
 
-def _floor(at: datetime, seconds: int) -> datetime:
-    # Aligned to the bucket so the cache key (and the first bucket) stays put between refreshes.
-    epoch = int(at.timestamp())
-    return datetime.fromtimestamp(epoch - epoch % seconds, UTC)
-
-
-since: datetime | None = None
-until: datetime | None = None
-if range_choice == "Custom dates (UTC)":
-    today = date.today()
-    picked = st.date_input(
-        "From / to (inclusive)", value=(today - timedelta(days=3), today), key="sg_tl_dates"
-    )
-    if isinstance(picked, tuple | list) and len(picked) == 2:
-        since = datetime.combine(picked[0], time(0), tzinfo=UTC)
-        until = datetime.combine(picked[1] + timedelta(days=1), time(0), tzinfo=UTC)
-    else:
-        st.info("Pick both a start and an end date.")
-        st.stop()
-elif RANGES[range_choice] is not None:
-    since = _floor(dd.db_now(ctx.reader()) - RANGES[range_choice], bucket_seconds)
+# The default range keeps the page's cost to a range scan of ix_send_log_time however long the log.
+since, until = ui.time_range(c2, "sg_tl_range", "Last 3 days", bucket_seconds, ctx.reader())
 
 
 def _stacked(df: pd.DataFrame, color: str, title: str, colors: dict[str, str] | None = None) -> None:

@@ -166,6 +166,41 @@ def test_a_confirmation_does_not_carry_over_to_another_campaign(
     assert _status(demo_url, "welcome-series") == "active"
 
 
+def test_an_auto_paused_campaign_is_marked_with_its_breaker(
+    demo_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sender.campaigns import auto_pause
+
+    reason = "5 hard failures (5xx) among the last 20 sends (threshold 5)"
+    engine = make_engine(demo_url)
+    try:
+        with engine.begin() as conn:
+            campaign_id = conn.execute(
+                text("SELECT id FROM campaign WHERE name = 'welcome-series'")
+            ).scalar_one()
+            assert auto_pause(
+                conn, campaign_id, breaker="hard_failures", reason=reason, now=dd.db_now(engine)
+            )
+    finally:
+        engine.dispose()
+    at = ok(app(monkeypatch, demo_url))
+    table = frame(at, "name", "status", "breaker")
+    marks = {r["name"]: r["breaker"] for r in table.to_dict("records")}
+    assert marks["welcome-series"] == "hard_failures"
+    # q4-newsletter was paused by hand: no breaker mark.
+    assert {n: m for n, m in marks.items() if m} == {"welcome-series": "hard_failures"}
+    at.selectbox(key="sg_campaign").select("welcome-series").run()
+    assert "Auto-paused by the hard_failures circuit breaker." in [
+        m.replace("**", "") for m in shown(at.warning)
+    ]
+    assert f"paused by breaker:hard_failures: {reason}" in [t.value for t in at.text]
+    events = frame(at, "kind", "actor", "reason")
+    assert ("auto_paused", "breaker:hard_failures", reason) in set(
+        events[["kind", "actor", "reason"]].itertuples(index=False, name=None)
+    )
+    assert at.button(key="sg_resume")  # resumed as after any pause
+
+
 def test_draft_campaigns_offer_no_pause(demo_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     at = ok(app(monkeypatch, demo_url))
     at.selectbox(key="sg_campaign").select("draft-ideas").run()
@@ -245,6 +280,12 @@ def test_duplicates_page_live_matches_report_duplicates(
     assert at.selectbox(key="sg_dup_source").value.startswith("imported:")
     ok(at.selectbox(key="sg_dup_source").select("live").run())
     assert at.selectbox(key="sg_dup_source").value == "live"
+    # The live log opens on a recent range (its cost is a range scan, however long the log)...
+    assert at.selectbox(key="sg_dup_range_live").value == "Last 24 hours"
+    recent = metrics(at)["Sends"]
+    # ...and over all time shows exactly `report duplicates` (all time by default).
+    ok(at.selectbox(key="sg_dup_range_live").select("All time").run())
+    assert int(recent) <= report["total_sends"]
     _assert_matches_report(at, report)
     assert metrics(at)["Onset"] == "none" and report["onset"] is None
     # The one guard firing of the demo, attributed to its sender instance.

@@ -125,6 +125,12 @@ def test_seed_incident_replay_through_the_cli(sendguard_env, cli, tmp_path: Path
     assert buckets["2024-03-12T11:40:00+00:00"]["duplicate_sends"] > 0
     assert all(b["instances"] == 0 for b in buckets.values())  # a Prisma export records no process
 
+    since = json.loads(
+        _ok(cli(["report", "duplicates", "--imported", "seed", "--since", "2024-03-12T11:40", "--json"],
+                sendguard_env), "report --since").stdout
+    )  # fmt: skip
+    assert (since["total_sends"], since["duplicate_sends"]) == (32, 16)
+
     text = _ok(cli(["report", "duplicates", "--imported", "seed"], sendguard_env), "report (text)").stdout
     assert "onset: 2024-03-12T11:40:00+00:00" in text
     assert "duplicate sends 16, affected leads 16" in text
@@ -160,6 +166,46 @@ def test_seed_with_hosts_shows_two_instances_from_the_onset(engine: Engine) -> N
     assert (details.groupby("group")["variant"].nunique() == 2).all()
 
 
+def test_a_time_range_counts_only_the_sends_inside_it(engine: Engine) -> None:
+    """[since, until) narrows every kind to the sends in it: a key whose first copy falls before `since`
+    is not a duplicate inside the range (the dashboard's live default is a recent range)."""
+    data = _write_bytes(PRISMA_HEADER + ["host"], _seed_rows(with_hosts=True))
+    import_sendlog(engine, data, label="seed-range", source="seed.csv")
+    src = reports.Source.imported("seed-range")
+    onset = T0.replace(hour=11, minute=40)
+
+    after = reports.duplicate_summary(engine, src, since=onset)
+    assert (after["total_sends"], after["duplicate_sends"], after["affected_leads"], after["onset"]) == (
+        32, 16, 16, "2024-03-12T11:40:00+00:00",
+    )  # fmt: skip
+    before = reports.duplicate_summary(engine, src, until=onset)
+    assert (before["total_sends"], before["duplicate_sends"], before["onset"]) == (20, 0, None)
+    # 11:40:04 falls between the first lead's copies (11:40:03 and 11:40:05.25): its second copy is the
+    # only send of its key inside the range, so it is not counted; the other 15 keys are.
+    cut = reports.duplicate_summary(engine, src, since=onset + timedelta(seconds=4))
+    assert (cut["total_sends"], cut["duplicate_sends"], cut["affected_leads"]) == (31, 15, 15)
+    assert cut["by_kind"]["exact"]["affected_leads"] + cut["by_kind"]["cross_variant"]["affected_leads"] == 15
+    # The other reports of the page agree with the summary over the same range.
+    by_instance = reports.duplicates_by_instance(engine, src, since=onset + timedelta(seconds=4))
+    assert int(by_instance["sends"].sum()) == 31 and int(by_instance["duplicate_sends"].sum()) == 15
+    details = reports.duplicate_details(engine, src, "any", since=onset + timedelta(seconds=4))
+    assert details["group"].nunique() == 15 and int(details["is_duplicate"].sum()) == 15
+    assert (details["sent_at"] >= onset + timedelta(seconds=4)).all()
+    empty = reports.duplicate_summary(engine, src, since=onset, until=onset)
+    assert (empty["total_sends"], empty["buckets"]) == (0, [])
+
+
+def test_parse_time() -> None:
+    now = datetime(2026, 11, 29, 12, tzinfo=UTC)
+    assert reports.parse_time("24h", now) == now - timedelta(hours=24)
+    assert reports.parse_time("7d", now) == now - timedelta(days=7)
+    assert reports.parse_time("2026-11-29T08:00", now) == datetime(2026, 11, 29, 8, tzinfo=UTC)
+    assert reports.parse_time("2026-11-29T08:00+01:00", now) == datetime(2026, 11, 29, 7, tzinfo=UTC)
+    for bad in ("", "yesterday", "24x", "2026-13-01"):
+        with pytest.raises(UsageError):
+            reports.parse_time(bad, now)
+
+
 def _write_bytes(header: list[str], rows: list[list[str]]) -> bytes:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
@@ -174,6 +220,8 @@ def test_report_cli_usage_errors(sendguard_env, cli) -> None:  # type: ignore[no
         (["--bucket", "0s"], "--bucket"),
         (["--imported", "nope"], "nope"),
         (["--campaign", "nope"], "nope"),
+        (["--since", "yesterday"], "--since"),
+        (["--until", "soon"], "--until"),
     ):
         result = cli(["report", "duplicates", *args], sendguard_env)
         assert result.returncode == 2, (args, result.stdout, result.stderr)
@@ -411,6 +459,10 @@ def test_sends_timeline_prevented_timeline_and_overview(engine: Engine, live: Li
         engine, since=T0 + timedelta(minutes=10), until=T0 + timedelta(minutes=40)
     )
     assert sorted(window["outcome"]) == ["sent", "unknown"]
+    total = reports.sends_timeline(engine, bucket_seconds=3600, by="total")
+    assert {(o, n) for _, c, o, n in total.itertuples(index=False) if c is None} == {
+        ("sent", 6), ("failed", 1), ("deferred", 1), ("unknown", 1),
+    }  # fmt: skip
     only_beta = reports.sends_timeline(engine, campaign="beta", bucket_seconds=3600)
     assert list(only_beta["sends"]) == [2]
 
