@@ -231,7 +231,15 @@ def _with_progress_and_eta(overview: pd.DataFrame, now: datetime) -> pd.DataFram
     df["pacing"] = pacing
     df["eta"] = pd.to_datetime(pd.Series(etas, index=df.index, dtype="object"), utc=True)
     df["eta_note"] = notes
+    df["breaker"] = [auto_paused_by(s, p) for s, p in zip(df["status"], df["paused_by"], strict=True)]
     return df
+
+
+def auto_paused_by(status: object, paused_by: object) -> str:
+    """The circuit breaker that paused a campaign (sender/breakers.py), "" when none did."""
+    if status == "paused" and isinstance(paused_by, str) and paused_by.startswith("breaker:"):
+        return paused_by.removeprefix("breaker:")
+    return ""
 
 
 def load_campaigns_data(
@@ -273,7 +281,8 @@ def load_timeline_data(
     Raises reports.TooManyBuckets when the bucket is too small for the range."""
     kwargs = dict(campaign=campaign, bucket_seconds=bucket_seconds, since=since, until=until)
     return TimelineData(
-        by_outcome=reports.sends_timeline(engine, by="outcome", **kwargs),  # type: ignore[arg-type]
+        # all campaigns: summed in SQL (the chart stacks outcomes, not campaigns)
+        by_outcome=reports.sends_timeline(engine, by="outcome" if campaign else "total", **kwargs),  # type: ignore[arg-type]
         by_instance=reports.sends_timeline(engine, by="instance", **kwargs),  # type: ignore[arg-type]
         bucket_seconds=bucket_seconds,
     )
@@ -298,17 +307,23 @@ def load_duplicates_data(
     bucket_seconds: int = 600,
     kind: str = "any",
     detail_limit: int = DETAIL_LIMIT,
+    since: datetime | None = None,
+    until: datetime | None = None,
 ) -> DuplicatesData:
-    """Duplicates page: the summary (same numbers as `sendguard report duplicates --json`), buckets with
+    """Duplicates page, over the sends in [since, until) (all time when both are None): the summary (same
+    numbers as `sendguard report duplicates --json --since/--until`), buckets with
     the sender instances active in each, attribution per instance and the drill-down rows of `kind`.
     Raises UsageError for an unknown label or campaign (a typo must not read as "no duplicates")."""
     reports.check_source(engine, source, campaign)
-    summary = reports.duplicate_summary(engine, source, campaign=campaign, bucket_seconds=bucket_seconds)
+    span = {"since": since, "until": until}
+    summary = reports.duplicate_summary(
+        engine, source, campaign=campaign, bucket_seconds=bucket_seconds, **span
+    )
     buckets = pd.DataFrame(summary["buckets"], columns=["start", "sends", "duplicate_sends", "instances"])
     buckets = buckets.rename(columns={"start": "bucket"})
     buckets["bucket"] = pd.to_datetime(buckets["bucket"], utc=True)
     prevented = (
-        reports.prevented_timeline(engine, campaign, bucket_seconds)
+        reports.prevented_timeline(engine, campaign, bucket_seconds, since, until)
         if source.live
         else pd.DataFrame(columns=["bucket", "campaign", "instance", "prevented"])
     )
@@ -316,8 +331,15 @@ def load_duplicates_data(
         summary=summary,
         buckets=buckets,
         prevented=prevented,
-        by_instance=reports.duplicates_by_instance(engine, source, campaign),
-        details=reports.duplicate_details(engine, source, kind, limit=detail_limit, campaign=campaign),  # type: ignore[arg-type]
+        by_instance=reports.duplicates_by_instance(engine, source, campaign, **span),
+        details=reports.duplicate_details(
+            engine,
+            source,
+            kind,  # type: ignore[arg-type]
+            limit=detail_limit,
+            campaign=campaign,
+            **span,
+        ),
     )
 
 
@@ -337,7 +359,10 @@ def neutralise_formulas(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def csv_bytes(df: pd.DataFrame) -> bytes:
-    return neutralise_formulas(df).to_csv(index=False).encode("utf-8")
+    # CRLF rows (RFC 4180) also make the csv writer quote a cell holding a lone CR: with pandas' "\n"
+    # it wrote the CR bare, and a spreadsheet started a new row there, e.g. with an unneutralised
+    # "=1+1" from "x\r=1+1" (security pass, tests/test_security.py).
+    return neutralise_formulas(df).to_csv(index=False, lineterminator="\r\n").encode("utf-8")
 
 
 # --- Import --------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 from datetime import datetime
 
-from sqlalchemy import Column, Index, Text, UniqueConstraint, text
+from sqlalchemy import Column, Index, Text, UniqueConstraint, text, true
 from sqlmodel import Field, SQLModel
 
 
@@ -70,6 +70,13 @@ class Campaign(SQLModel, table=True):
     pause_reason: str | None = None
     paused_by: str | None = None
     paused_at: datetime | None = None
+    # Circuit breakers (sender/breakers.py): each one auto-pauses the campaign; 0 turns a count off.
+    # Server defaults so rows created before revision 0002 get the same defaults as new ones.
+    breaker_duplicate: bool = Field(default=True, sa_column_kwargs={"server_default": true()})
+    breaker_hard_failures: int = Field(default=5, sa_column_kwargs={"server_default": "5"})
+    breaker_hard_failures_window: int = Field(default=20, sa_column_kwargs={"server_default": "20"})
+    breaker_auth: bool = Field(default=True, sa_column_kwargs={"server_default": true()})
+    breaker_unknowns: int = Field(default=3, sa_column_kwargs={"server_default": "3"})
     created_at: datetime
     updated_at: datetime
 

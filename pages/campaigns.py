@@ -14,7 +14,7 @@ ctx = ui.page_context()
 
 _PENDING = "sg_campaign_pending"  # the action waiting for its confirmation
 _COUNTS = ["enrolled", "queued", "sending", "sent", "failed", "skipped", "unknown"]
-_TABLE = ["name", "status", *_COUNTS, "progress", "sends_last_hour", "pacing", "eta", "eta_note", "paused_by",
+_TABLE = ["name", "status", "breaker", *_COUNTS, "progress", "sends_last_hour", "pacing", "eta", "eta_note", "paused_by",
           "pause_reason"]  # fmt: skip
 ETA_HELP = (
     "Optimistic: when the last queued lead would be claimed if a sender keeps up from now at the "
@@ -50,6 +50,9 @@ def overview(url: str, selected: str | None) -> None:
         key="sg_campaigns_table",
         column_config={
             "name": st.column_config.TextColumn("campaign"),
+            "breaker": st.column_config.TextColumn(
+                "auto-paused by", help="the circuit breaker that paused the campaign (see the audit trail)"
+            ),
             "progress": st.column_config.ProgressColumn(
                 "progress", help="enrollments no longer queued or sending", min_value=0.0, max_value=1.0,
                 format="percent",
@@ -82,6 +85,8 @@ status = str(row["status"].iloc[0]) if len(row) else "unknown"
 st.text(f"status: {status}")
 if status == "paused" and len(row):
     paused_by, reason = row["paused_by"].iloc[0], row["pause_reason"].iloc[0]
+    if row["breaker"].iloc[0]:
+        st.warning(f"Auto-paused by the **{ui.md(row['breaker'].iloc[0])}** circuit breaker.", icon="⚡")
     st.text(f"paused by {paused_by or '?'}: {reason if isinstance(reason, str) else '(no reason given)'}")
 
 

@@ -44,8 +44,12 @@ _TOP_LEVEL_KEYS = (
     "timezone",
     "window",
     "variants",
+    "breakers",
 )
 _WINDOW_KEYS = ("days", "start", "end")
+_BREAKER_KEYS = ("duplicate", "hard_failures", "hard_failures_window", "auth", "unknowns")
+# Far beyond any useful look-back; keeps the breaker's count query a small LIMIT.
+MAX_BREAKER_WINDOW = 10_000
 _VARIANT_KEYS = ("letter", "weight", "subject", "body")
 _HH_MM = re.compile(r"(\d{1,2}):(\d{2})")
 _LETTER = re.compile(r"[A-Z]")
@@ -67,6 +71,17 @@ class Window:
 
 
 @dataclass(frozen=True)
+class BreakersSpec:
+    """The `[breakers]` table (sender/breakers.py); the defaults are the shipped policy."""
+
+    duplicate: bool = True  # pause when the duplicate guard fires
+    hard_failures: int = 5  # pause when this many of the last `hard_failures_window` sends failed (0 = off)
+    hard_failures_window: int = 20
+    auth: bool = True  # pause when the SMTP server rejects our credentials
+    unknowns: int = 3  # pause when this many sends ended unknown (0 = off)
+
+
+@dataclass(frozen=True)
 class CampaignSpec:
     name: str
     from_addr: str
@@ -78,6 +93,7 @@ class CampaignSpec:
     timezone: str
     window: Window | None
     variants: tuple[VariantSpec, ...]
+    breakers: BreakersSpec = BreakersSpec()
 
 
 def load_campaign_file(path: str | os.PathLike[str]) -> CampaignSpec:
@@ -136,6 +152,7 @@ class _Checker:
             timezone=self.timezone(doc.get("timezone", "UTC")),
             window=self.window(doc["window"]) if "window" in doc else None,
             variants=self.variants(doc["variants"]),
+            breakers=self.breakers(doc["breakers"]) if "breakers" in doc else BreakersSpec(),
         )
 
     def no_unknown_keys(self, table: Mapping[str, object], known: tuple[str, ...], where: str | None) -> None:
@@ -272,6 +289,38 @@ class _Checker:
                 if hour < 24 and minute < 60:
                     return datetime.time(hour, minute)
         raise self.fail(key, f'must be a time "HH:MM" between 00:00 and 23:59, got {_shorten(repr(value))}')
+
+    def breakers(self, value: object) -> BreakersSpec:
+        if not isinstance(value, dict):
+            raise self.fail("breakers", f"must be a table ([breakers]), got {_type_name(value)}")
+        self.no_unknown_keys(value, _BREAKER_KEYS, where="breakers")
+        default = BreakersSpec()
+        window = self.integer(
+            "breakers.hard_failures_window",
+            value.get("hard_failures_window", default.hard_failures_window),
+            1,
+            MAX_BREAKER_WINDOW,
+        )
+        hard = self.integer(
+            "breakers.hard_failures", value.get("hard_failures", default.hard_failures), 0, MAX_INT
+        )
+        if hard > window:
+            raise self.fail(
+                "breakers.hard_failures",
+                f"{hard} can never be reached within hard_failures_window = {window} (use 0 to turn it off)",
+            )
+        return BreakersSpec(
+            duplicate=self.boolean("breakers.duplicate", value.get("duplicate", default.duplicate)),
+            hard_failures=hard,
+            hard_failures_window=window,
+            auth=self.boolean("breakers.auth", value.get("auth", default.auth)),
+            unknowns=self.integer("breakers.unknowns", value.get("unknowns", default.unknowns), 0, MAX_INT),
+        )
+
+    def boolean(self, key: str, value: object) -> bool:
+        if not isinstance(value, bool):
+            raise self.fail(key, f"must be true or false, got {_type_name(value)}")
+        return value
 
     def variants(self, value: object) -> tuple[VariantSpec, ...]:
         if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):

@@ -69,6 +69,11 @@ def _settings(spec: CampaignSpec) -> dict[str, object]:
         "window_days": ",".join(str(d) for d in window.days) if window else None,
         "window_start": window.start.strftime("%H:%M") if window else None,
         "window_end": window.end.strftime("%H:%M") if window else None,
+        "breaker_duplicate": spec.breakers.duplicate,
+        "breaker_hard_failures": spec.breakers.hard_failures,
+        "breaker_hard_failures_window": spec.breakers.hard_failures_window,
+        "breaker_auth": spec.breakers.auth,
+        "breaker_unknowns": spec.breakers.unknowns,
     }
 
 
@@ -227,6 +232,29 @@ def pause(
     )  # fmt: skip
 
 
+def auto_pause(conn: Connection, campaign_id: int, *, breaker: str, reason: str, now: datetime) -> bool:
+    """A circuit breaker trips (sender/breakers.py): active -> paused with actor `breaker:<name>`.
+
+    Runs inside the caller's transaction, the one that records the event that tripped it, so the gate
+    refuses every transmission that starts after that event commits. CAS from `active` only: a campaign
+    already paused (by anyone) is left as it is. True when this call paused it."""
+    actor = f"breaker:{breaker}"
+    changed = conn.execute(
+        update(Campaign.__table__)
+        .where(C.id == campaign_id, C.status == CampaignStatus.ACTIVE.value)
+        .values(
+            status=CampaignStatus.PAUSED.value,
+            pause_reason=reason,
+            paused_by=actor,
+            paused_at=now,
+            updated_at=now,
+        )
+    ).rowcount
+    if changed == 1:
+        record_event(conn, campaign_id, "auto_paused", actor, reason, now)
+    return changed == 1
+
+
 def resume(engine: Engine, name: str, *, actor: str, reason: str | None, now: datetime) -> Campaign:
     return _transition(
         engine, name, expected=[CampaignStatus.PAUSED], to=CampaignStatus.ACTIVE, kind="resumed",
@@ -255,6 +283,14 @@ def list_campaigns(engine: Engine) -> list[dict[str, object]]:
                     "min_interval_seconds": c.min_interval_seconds,
                     "timezone": c.timezone,
                     "pause_reason": c.pause_reason,
+                    "paused_by": c.paused_by,
+                    "breakers": {
+                        "duplicate": c.breaker_duplicate,
+                        "hard_failures": c.breaker_hard_failures,
+                        "hard_failures_window": c.breaker_hard_failures_window,
+                        "auth": c.breaker_auth,
+                        "unknowns": c.breaker_unknowns,
+                    },
                 }
             )
     return out

@@ -17,6 +17,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+_SYNCHRONOUS_MODES = {"FULL": "FULL", "NORMAL": "NORMAL", "EXTRA": "EXTRA"}
 
 
 def is_sqlite(engine_or_url: Engine | str) -> bool:
@@ -42,9 +43,9 @@ def make_engine(url: str, *, readonly: bool = False, pool_size: int = 5) -> Engi
 
 
 def _sqlite_engine(url: str, *, readonly: bool) -> Engine:
-    synchronous = os.environ.get("SENDGUARD_SQLITE_SYNCHRONOUS", "FULL").upper()
-    if synchronous not in ("FULL", "NORMAL", "EXTRA"):
-        synchronous = "FULL"
+    # PRAGMA takes no bound parameters: pick one of our own constants, never paste the environment in
+    # (tests/test_security.py checks SQL text statically); anything unknown means the safe FULL.
+    synchronous = _SYNCHRONOUS_MODES.get(os.environ.get("SENDGUARD_SQLITE_SYNCHRONOUS", "").upper(), "FULL")
     engine = create_engine(
         url,
         connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},

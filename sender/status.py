@@ -24,9 +24,9 @@ def iso(value: datetime | None) -> str | None:
 
 # Every enrollment counts in exactly one state; one waiting for a retry is `queued`.
 _COUNTS = text("""
-SELECT c.name, c.status, cl.status AS state, count(cl.id)
+SELECT c.name, c.status, cl.status AS state, count(cl.id), c.paused_by, c.pause_reason
 FROM campaign AS c LEFT JOIN campaign_lead AS cl ON cl.campaign_id = c.id
-GROUP BY c.name, c.status, cl.status
+GROUP BY c.name, c.status, cl.status, c.paused_by, c.pause_reason
 ORDER BY c.name
 """)
 
@@ -53,10 +53,13 @@ ORDER BY started_at
 def status(engine: Engine, *, now: datetime, lease_seconds: float) -> dict[str, object]:
     campaigns: dict[str, dict[str, object]] = {}
     with engine.connect() as conn:
-        for name, cstatus, state, n in conn.execute(_COUNTS):
+        for name, cstatus, state, n, paused_by, pause_reason in conn.execute(_COUNTS):
+            # paused_by `breaker:<name>` marks an automatic pause (sender/breakers.py).
             entry = campaigns.setdefault(
-                name, {"name": name, "status": cstatus, "counts": dict.fromkeys(STATES, 0)}
-            )
+                name,
+                {"name": name, "status": cstatus, "counts": dict.fromkeys(STATES, 0), "paused_by": paused_by,
+                 "pause_reason": pause_reason},
+            )  # fmt: skip
             if state is not None:
                 entry["counts"][state] = int(n)  # type: ignore[index]
         senders = []

@@ -88,6 +88,44 @@ def _find_unsafe(ast: nodes.Template) -> tuple[str, int] | None:
     return None
 
 
+# Filters and tests that look attributes up by a name given as data (`map(attribute=...)`, `groupby(...)`).
+_ATTRIBUTE_ARG_FILTERS = ("selectattr", "rejectattr", "groupby")
+
+
+def _private_path(value: object) -> bool:
+    return not isinstance(value, str) or any(part.startswith("_") for part in value.split("."))
+
+
+def _find_escape_construct(ast: nodes.Template) -> tuple[str, int] | None:
+    """Constructs an email template never needs but sandbox escapes are built from, where the name they
+    reach for is computed or hidden in a string (the sandbox would refuse at render time too; refusing
+    them here makes `campaign create` fail instead of the send loop). Security pass, issue 4."""
+    kinds = (nodes.Const, nodes.Getitem, nodes.Filter, nodes.Test, nodes.Call, nodes.Include, nodes.Import,
+             nodes.FromImport, nodes.Extends)  # fmt: skip
+    for node in ast.find_all(kinds):
+        problem = None
+        if isinstance(node, nodes.Const) and isinstance(node.value, str) and "__" in node.value:
+            problem = "a string containing '__'"  # '{0.__class__}'.format(x), '__cla' ~ 'ss__'
+        elif isinstance(node, nodes.Getitem) and not isinstance(node.arg, (nodes.Const, nodes.Slice)):
+            problem = "a computed subscript (use a constant key)"
+        elif isinstance(node, (nodes.Filter, nodes.Test)):
+            if node.name == "attr" and node.args and not isinstance(node.args[0], nodes.Const):
+                problem = "attr() with a computed name"
+            by_name = [kw.value for kw in node.kwargs if kw.key == "attribute"]
+            if node.name in _ATTRIBUTE_ARG_FILTERS and node.args:
+                by_name.append(node.args[0])
+            if any(not isinstance(arg, nodes.Const) or _private_path(arg.value) for arg in by_name):
+                problem = f"{node.name}() with a computed or private attribute name"
+        elif isinstance(node, nodes.Call):
+            if isinstance(node.node, nodes.Getattr) and node.node.attr in ("format", "format_map"):
+                problem = "str.format() (use the format filter)"
+        elif isinstance(node, (nodes.Include, nodes.Import, nodes.FromImport, nodes.Extends)):
+            problem = f"{{% {type(node).__name__.lower()} %}}"  # no loader anyway: fail at create
+        if problem is not None:
+            return problem, node.lineno
+    return None
+
+
 @functools.lru_cache(maxsize=_TEMPLATE_CACHE_SIZE)
 def _compiled(source: str) -> jinja2.Template:
     """Parse, statically vet and compile; cached by source. Raises jinja2's own errors."""
@@ -98,6 +136,9 @@ def _compiled(source: str) -> jinja2.Template:
         # Also enforced here, not only in check_safe, so render() of a template that never went
         # through `campaign create` (e.g. edited in the database) gets the same refusal.
         raise SecurityError(f"access to private name {unsafe[0]!r} at line {unsafe[1]} is not allowed")
+    construct = _find_escape_construct(ast)
+    if construct is not None:
+        raise SecurityError(f"{construct[0]} at line {construct[1]} is not allowed")
     return env.from_string(ast)
 
 
@@ -113,6 +154,9 @@ def check_safe(source: str, what: str) -> None:
         raise UsageError(
             f"{what}: template line {line} accesses {name!r}: names starting with '_' are not allowed"
         )
+    construct = _find_escape_construct(ast)
+    if construct is not None:
+        raise UsageError(f"{what}: template line {construct[1]}: {construct[0]} is not allowed")
 
 
 def compile_template(source: str, what: str) -> jinja2.Template:

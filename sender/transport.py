@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 from urllib.parse import parse_qsl, unquote
 
+from sender import failpoints as fp
 from sender.errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,25 @@ def _describe(exc: BaseException) -> str:
 
 def _decode(resp: bytes | str) -> str:
     return resp.decode("utf-8", "replace") if isinstance(resp, bytes) else resp
+
+
+# An RFC 3463 enhanced status code at the start of the reply text: class.subject.detail.
+_ENHANCED_RE = re.compile(r"^\s*[245]\.(\d{1,3})\.(\d{1,3})\b")
+
+
+def _address_bounce(resp: bytes | str) -> bool:
+    """Does a 5xx to RCPT or to the final dot say the *address* is bad (suppress it for good)?
+
+    With an enhanced code, only X.1.x (addressing) and X.2.1 (mailbox disabled) are about the
+    address; X.7.x (policy, e.g. "rejected as spam"), X.6.x (content), X.3.x (system) judge this
+    message or this sender, and suppressing a valid address for them would silently drop the lead
+    from every later campaign. Without one, keep treating the rejection as a hard bounce.
+    """
+    m = _ENHANCED_RE.match(_decode(resp))
+    if m is None:
+        return True
+    subject, detail = int(m[1]), int(m[2])
+    return subject == 1 or (subject == 2 and detail == 1)
 
 
 # --------------------------------------------------------------------------------------------- URLs
@@ -306,7 +326,9 @@ class SmtpTransport:
             return self._result(Outcome.DEFERRED, code, text, phase)
         if 500 <= code < 600:
             self._reset()
-            return self._result(Outcome.FAILED, code, text, phase, hard_bounce=phase == "rcpt")
+            return self._result(
+                Outcome.FAILED, code, text, phase, hard_bounce=phase == "rcpt" and _address_bounce(resp)
+            )
         # Out of protocol (e.g. 250 to DATA): we do not know what state the server is in.
         self._drop()
         return self._result(Outcome.DEFERRED, code if code >= 0 else None, f"unexpected reply {text}", phase)
@@ -525,6 +547,8 @@ class SmtpTransport:
         if sock is None:
             return self._lost("payload", smtplib.SMTPServerDisconnected("socket closed"))
         try:
+            if fp.ENABLED:
+                wire = fp.mid_payload(sock.sendall, wire)  # half the payload is out, the dot is not
             sock.sendall(wire)
         except OSError as exc:
             # sendall only raises while bytes remain unsent, and the terminating dot is the last of
@@ -557,7 +581,8 @@ class SmtpTransport:
             return self._result(Outcome.DEFERRED, code, text, "reply")
         if 500 <= code < 600:
             self._reset()
-            return self._result(Outcome.FAILED, code, text, "reply", hard_bounce=True)
+            # FAILED either way (never retried); only an address problem suppresses the address.
+            return self._result(Outcome.FAILED, code, text, "reply", hard_bounce=_address_bounce(resp))
         # Garbage (smtplib reports -1) or an out-of-protocol code: it may or may not have been queued.
         self._drop()
         return self._result(

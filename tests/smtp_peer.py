@@ -16,6 +16,7 @@ import email.policy
 import itertools
 import logging
 import socket
+import struct
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -33,11 +34,28 @@ __all__ = ["BoundController", "Received", "SmtpPeer", "smtp_peer", "smtp_peer_fa
 
 FaultHook = Callable[[str, str, int], "str | None"]
 
-PHASES = ("rcpt", "data_end")
-ACTIONS = ("452", "550", "421", "drop_after_data", "hang_after_data")
+# "connect" (before the greeting; the hook gets recipient "" and nth = the peer's nth connection) and
+# "mail" (MAIL FROM; the recipient is not known yet, so the hook gets the envelope sender) come
+# before "rcpt" and "data_end". A hook is asked about "connect" and "mail" only when the peer is
+# started with `phases=PHASES` (older hooks answer every call without looking at the phase).
+PHASES = ("connect", "mail", "rcpt", "data_end")
+DEFAULT_PHASES = ("rcpt", "data_end")
+ACTIONS = (
+    "452",
+    "451",
+    "550",
+    "554_policy",
+    "421",
+    "drop_after_data",
+    "reset_after_data",
+    "hang_after_data",
+)
 _REPLIES = {
     "452": "452 4.2.2 Mailbox full, try again later (injected)",
+    "451": "451 4.3.0 Temporary local problem, try again later (injected)",
     "550": "550 5.1.1 No such user here (injected)",
+    # A content/policy rejection: the address is fine, the message is not.
+    "554_policy": "554 5.7.1 Message rejected by content policy (injected)",
     "421": "421 4.7.0 Service shutting down, closing channel (injected)",
 }
 
@@ -113,10 +131,39 @@ class _PeerSMTP(SMTP):
         if first and isinstance(peer, SmtpPeer):
             peer._connected()
 
+    async def _handle_client(self) -> None:
+        # The "connect" phase: only "421" is valid here (a greeting refusal, RFC 5321 3.1).
+        peer = getattr(self.event_handler, "peer", None)
+        action = None
+        if isinstance(peer, SmtpPeer) and peer._serving and "connect" in peer._phases:
+            action = peer._fault("", "connect")
+        if action is None:
+            await super()._handle_client()
+            return
+        assert isinstance(peer, SmtpPeer) and self.transport is not None
+        if action != "421":
+            peer._error(ValueError(f"action {action!r} is not valid in phase 'connect'"))
+        await self.push(_REPLIES["421"])
+        self.transport.close()
+
 
 class _PeerHandler:
     def __init__(self, peer: SmtpPeer) -> None:
         self.peer = peer
+
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, mail_options: list[str]
+    ) -> str:
+        action = self.peer._fault(address, "mail") if "mail" in self.peer._phases else None
+        if action is None:
+            # What aiosmtpd does without a MAIL hook.
+            envelope.mail_from = address
+            envelope.mail_options.extend(mail_options)
+            return "250 OK"
+        if action not in _REPLIES:
+            self.peer._error(ValueError(f"action {action!r} is not valid in phase 'mail'"))
+            return "451 4.3.0 bad fault action (see SmtpPeer.errors)"
+        return self._reply(server, action)
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
@@ -150,6 +197,15 @@ class _PeerHandler:
             # Never return: a returned status would be written after the close. The task is
             # cancelled by connection_lost.
             await asyncio.Event().wait()
+        elif action == "reset_after_data":
+            # Stored, then a TCP RST instead of a reply (a crashed or killed server): with SO_LINGER 0
+            # the close sends RST, not FIN.
+            assert server.transport is not None
+            sock = server.transport.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            server.transport.abort()
+            await asyncio.Event().wait()
         elif action == "hang_after_data":
             # Until the client gives up and disconnects (which cancels us) or the peer stops.
             await asyncio.Event().wait()
@@ -168,8 +224,23 @@ class _PeerHandler:
 class SmtpPeer:
     """aiosmtpd on 127.0.0.1 (free port) in a background thread; thread-safe record of what it accepted."""
 
-    def __init__(self, faults: FaultHook | None = None) -> None:
+    def __init__(
+        self,
+        faults: FaultHook | None = None,
+        *,
+        port: int = 0,
+        phases: tuple[str, ...] = DEFAULT_PHASES,
+        smtp_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        """`smtp_kwargs` go to aiosmtpd's SMTP, e.g. an `authenticator` with `auth_require_tls=False`."""
+        self._smtp_kwargs = dict(smtp_kwargs or {})
+        unknown = set(phases) - set(PHASES)
+        if unknown:
+            raise ValueError(f"unknown phases {sorted(unknown)} (known: {PHASES})")
         self._faults = faults
+        self._phases = phases
+        self._port = port  # 0: any free port
+        self._serving = False  # the controller's own readiness connection must not consume faults
         self._cond = threading.Condition()
         self._received: list[Received] = []
         self._seen: collections.Counter[tuple[str, str]] = collections.Counter()
@@ -188,13 +259,16 @@ class SmtpPeer:
     def start(self) -> SmtpPeer:
         if self._controller is not None:
             raise RuntimeError("SmtpPeer already started")
-        controller = BoundController(_PeerHandler(self), smtp_class=_PeerSMTP)
+        controller = BoundController(
+            _PeerHandler(self), smtp_class=_PeerSMTP, port=self._port, **self._smtp_kwargs
+        )
         controller.start()
         self._controller = controller
         self.url = controller.url
         with self._cond:
             # Controller.start() opened one connection of its own to check readiness.
             self._connections = 0
+            self._serving = True
         return self
 
     def stop(self) -> None:
@@ -293,8 +367,14 @@ def smtp_peer_factory() -> Iterator[Callable[..., SmtpPeer]]:
     """Call with a faults hook to get a started SmtpPeer; all are stopped after the test."""
     peers: list[SmtpPeer] = []
 
-    def make(faults: FaultHook | None = None) -> SmtpPeer:
-        peer = SmtpPeer(faults).start()
+    def make(
+        faults: FaultHook | None = None,
+        *,
+        port: int = 0,
+        phases: tuple[str, ...] = DEFAULT_PHASES,
+        smtp_kwargs: dict[str, Any] | None = None,
+    ) -> SmtpPeer:
+        peer = SmtpPeer(faults, port=port, phases=phases, smtp_kwargs=smtp_kwargs).start()
         peers.append(peer)
         return peer
 

@@ -348,13 +348,19 @@ def test_starttls_required_but_not_offered_never_sends_credentials(
 # ---------------------------------------------------------------------- after the payload was sent
 
 
-def test_554_after_data_is_a_hard_bounce(serve: Serve, transports: Callable[..., SmtpTransport]) -> None:
-    controller, rec = serve(Recorder(data_end={1: "554 5.7.1 Rejected as spam"}))
+def test_554_policy_after_data_fails_without_hard_bounce(
+    serve: Serve, transports: Callable[..., SmtpTransport]
+) -> None:
+    # 5.7.1 judges the message, not the address: failed, but the address is not suppressed.
+    controller, rec = serve(Recorder(data_end={1: "554 5.7.1 Rejected as spam", 2: "550 5.1.1 No such user"}))
     t = transports(controller.url)
     result = t.send(_message(), SENDER, "lead@example.com")
-    assert result == SendResult(Outcome.FAILED, 554, "554 5.7.1 Rejected as spam", "reply", hard_bounce=True)
+    assert result == SendResult(Outcome.FAILED, 554, "554 5.7.1 Rejected as spam", "reply", hard_bounce=False)
     assert rec.count() == 0
-    assert t.send(_message(2), SENDER, "lead@example.com").outcome is Outcome.SENT
+    # An addressing code after the dot is a hard bounce.
+    result = t.send(_message(2), SENDER, "gone@example.com")
+    assert result == SendResult(Outcome.FAILED, 550, "550 5.1.1 No such user", "reply", hard_bounce=True)
+    assert t.send(_message(3), SENDER, "lead@example.com").outcome is Outcome.SENT
     assert rec.connections == 1
 
 

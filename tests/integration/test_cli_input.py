@@ -605,7 +605,9 @@ def test_smtp_password_is_never_printed_logged_or_stored(
     _usage_error(bad_url, "user:***@")
     for result in (refused, no_auth, bad_url):
         assert SECRET not in result.stdout and SECRET not in result.stderr, result.stderr
-    assert [(row["status"], row["attempts"]) for row in listed] == [("queued", 2)], (
+    # The refused connection used an attempt; the refused login gave its attempt back (the auth breaker
+    # releases the claim and pauses the campaign); the dump below shows both runs' SMTP errors.
+    assert [(row["status"], row["attempts"]) for row in listed] == [("queued", 1)], (
         "both runs must have attempted the send (else the test proves nothing)",
         listed,
     )
