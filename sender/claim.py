@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import Connection, TextClause, bindparam, text
-from sqlalchemy.exc import IntegrityError
 from sqlmodel.sql.sqltypes import UTCDateTime
 
 from models import EnrollmentStatus, SendStatus
@@ -164,12 +163,16 @@ def lead_data(conn: Connection, lead_ids: Sequence[int]) -> dict[int, LeadData]:
 # --- 2. Reserve ----------------------------------------------------------------------------------
 
 # Safe: the partial unique index uq_send_log_live admits one reserved/transmitting/sent/unknown row
-# per (campaign, lead, step), whatever the variant: a second reservation fails in the database.
+# per (campaign, lead, step), whatever the variant: a second reservation inserts nothing and returns no
+# id. The conflict target names exactly that index (its columns and predicate), so any other
+# constraint still raises; no savepoint needed (two statements fewer per message on the hot path).
 _RESERVE = _sql("""
 INSERT INTO send_log (campaign_id, lead_id, enrollment_id, step, variant_letter, status, claim_token,
                       attempt, message_id, instance_id, host, pid, created_at)
 VALUES (:campaign_id, :lead_id, :enrollment_id, :step, :variant, 'reserved', :token,
         :attempt, :message_id, :instance, :host, :pid, :now)
+ON CONFLICT (campaign_id, lead_id, step) WHERE status IN ('reserved', 'transmitting', 'sent', 'unknown')
+DO NOTHING
 RETURNING id
 """)
 
@@ -178,30 +181,24 @@ def reserve(
     conn: Connection, c: Claimed, *, message_id: str, instance: str, host: str, pid: int, now: datetime
 ) -> int | None:
     """Insert the `reserved` send_log row; None when the guard fired (a live row exists: never send)."""
-    savepoint = conn.begin_nested()
-    try:
-        send_id = conn.execute(
-            _RESERVE,
-            {
-                "campaign_id": c.campaign_id,
-                "lead_id": c.lead_id,
-                "enrollment_id": c.enrollment_id,
-                "step": c.step,
-                "variant": c.variant,
-                "token": c.token,
-                "attempt": c.attempts,
-                "message_id": message_id,
-                "instance": instance,
-                "host": host,
-                "pid": pid,
-                "now": now,
-            },
-        ).scalar_one()
-    except IntegrityError:
-        savepoint.rollback()
-        return None
-    savepoint.commit()
-    return int(send_id)
+    send_id = conn.execute(
+        _RESERVE,
+        {
+            "campaign_id": c.campaign_id,
+            "lead_id": c.lead_id,
+            "enrollment_id": c.enrollment_id,
+            "step": c.step,
+            "variant": c.variant,
+            "token": c.token,
+            "attempt": c.attempts,
+            "message_id": message_id,
+            "instance": instance,
+            "host": host,
+            "pid": pid,
+            "now": now,
+        },
+    ).scalar_one_or_none()
+    return None if send_id is None else int(send_id)
 
 
 # --- 3. Commit to transmit (the gate) -------------------------------------------------------------
@@ -361,6 +358,85 @@ ON CONFLICT DO NOTHING
 
 def suppress(conn: Connection, *, email: str, reason: str, detail: str, now: datetime) -> None:
     conn.execute(_SUPPRESS, {"email": email, "reason": reason, "detail": detail[:500], "now": now})
+
+
+# --- Release after a failure before MAIL FROM (SMTP authentication refused) ----------------------
+
+# Safe: only this claim's row, and `deferred` is outside uq_send_log_live: authentication failed while
+# connecting, before MAIL FROM, so nothing of this message left the host and the key may be reserved
+# again. From `unknown` too: the reaper may have given up on us meanwhile; we know better.
+_UNTRANSMITTED_SEND = _sql("""
+UPDATE send_log SET status = 'deferred', finished_at = :now, smtp_code = :code, smtp_reply = :reply
+WHERE id = :send_id AND claim_token = :token AND status IN ('transmitting', 'unknown')
+""")
+
+# Safe: CAS on the token; due at once with the attempt given back, so after a resume the lead is sent as
+# if this attempt never happened.
+_REQUEUE_UNTRANSMITTED = _sql("""
+UPDATE campaign_lead
+SET status = 'queued', reason = :reason, last_error = :reply, claim_token = NULL, claimed_by = NULL,
+    lease_expires_at = NULL, attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END,
+    next_attempt_at = :now, updated_at = :now
+WHERE id = :enrollment_id AND claim_token = :token AND status IN ('sending', 'unknown')
+""")
+
+
+def requeue_untransmitted(
+    conn: Connection, c: Claimed, *, send_id: int, reason: str, code: int | None, reply: str, now: datetime
+) -> bool:
+    """A gated claim whose message never reached MAIL FROM: back to the queue untouched. Idempotent."""
+    conn.execute(
+        _UNTRANSMITTED_SEND,
+        {"now": now, "code": code, "reply": reply[:1000], "send_id": send_id, "token": c.token},
+    )
+    params = {
+        "reason": reason,
+        "reply": reply[:1000],
+        "now": now,
+        "enrollment_id": c.enrollment_id,
+        "token": c.token,
+    }
+    return conn.execute(_REQUEUE_UNTRANSMITTED, params).rowcount == 1
+
+
+# --- Circuit breakers' counts (sender/breakers.py decides what they mean) -------------------------
+
+# Both count from the campaign's last start or resume (the COALESCE): an operator's resume starts a
+# fresh count instead of tripping again on what was already looked at.
+
+# Safe: read-only, in the transaction that recorded the outcome (so it counts that row); a concurrent
+# sender's uncommitted outcome is counted by that sender's own check when it records it.
+_RECENT_HARD_FAILURES = _sql("""
+SELECT count(*) FROM (
+    SELECT sl.status FROM send_log AS sl
+    WHERE sl.campaign_id = :campaign_id AND sl.status IN ('sent', 'failed', 'deferred', 'unknown')
+      AND sl.created_at >= COALESCE((SELECT max(e.created_at) FROM campaign_event AS e
+                                     WHERE e.campaign_id = :campaign_id AND e.kind IN ('started', 'resumed')),
+                                    sl.created_at)
+    ORDER BY sl.created_at DESC, sl.id DESC
+    LIMIT :window
+) AS recent WHERE recent.status = 'failed'
+""")
+
+# Safe: read-only, in the transaction of the `unknown` it follows (record or reaper).
+_UNKNOWNS = _sql("""
+SELECT count(*) FROM send_log AS sl
+WHERE sl.campaign_id = :campaign_id AND sl.status = 'unknown'
+  AND sl.created_at >= COALESCE((SELECT max(e.created_at) FROM campaign_event AS e
+                                 WHERE e.campaign_id = :campaign_id AND e.kind IN ('started', 'resumed')),
+                                sl.created_at)
+""")
+
+
+def recent_hard_failures(conn: Connection, *, campaign_id: int, window: int) -> int:
+    """Hard failures (5xx) among the campaign's last `window` attempts with an SMTP outcome."""
+    params = {"campaign_id": campaign_id, "window": window}
+    return int(conn.execute(_RECENT_HARD_FAILURES, params).scalar_one())
+
+
+def unknowns(conn: Connection, *, campaign_id: int) -> int:
+    """Attempts of the campaign still `unknown` (not yet resolved by review)."""
+    return int(conn.execute(_UNKNOWNS, {"campaign_id": campaign_id}).scalar_one())
 
 
 # --- 6. Reaper ------------------------------------------------------------------------------------

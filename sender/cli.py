@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sender.config import Settings, load_settings, redact_database_url, validate_database_url
+from sender.config import Settings, load_config, redact_database_url
 from sender.errors import LockHeld, UsageError
 
 log = logging.getLogger("sendguard")
@@ -77,7 +77,9 @@ def cmd_campaign_list(args: argparse.Namespace, settings: Settings) -> int:
         print("no campaigns (create one with `sendguard campaign create FILE.toml`)")
     for row in rows:
         line = f"{row['name']:<30} {row['status']:<10} {row['enrolled']:>7} enrolled  variants {','.join(row['variants'])}"  # type: ignore[arg-type]
-        if row["pause_reason"]:
+        if str(row["paused_by"] or "").startswith("breaker:"):
+            line += f"  (auto-paused by {row['paused_by']}: {row['pause_reason']})"
+        elif row["pause_reason"]:
             line += f"  (paused: {row['pause_reason']})"
         print(line)
     return 0
@@ -148,7 +150,9 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     for c in data["campaigns"]:  # type: ignore[attr-defined]
         counts = " ".join(f"{k}={v}" for k, v in c["counts"].items())
-        print(f"{c['name']:<30} {c['status']:<10} {counts}")
+        auto = str(c["paused_by"] or "").startswith("breaker:")
+        note = f"  (auto-paused by {c['paused_by']}: {c['pause_reason']})" if auto else ""
+        print(f"{c['name']:<30} {c['status']:<10} {counts}{note}")
     for s in data["senders"]:  # type: ignore[attr-defined]
         state = "alive" if s["alive"] else ("stopped" if s["stopped_at"] else "stale")
         slot = f"slot {s['slot']}" if s["slot"] is not None else "standby"
@@ -173,6 +177,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     try:
         engine = _engine(settings)
         service = SenderService(settings, engine, transport, batch=args.batch, lock_file=lock.path)
+        _serve_metrics(args, settings, service.ident, lock.path)
 
         def _stop(signum: int, _frame: object) -> None:
             log.info(
@@ -188,6 +193,26 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
                  t.unknown, t.skipped)  # fmt: skip
     finally:
         lock.release()
+    return 0
+
+
+def _serve_metrics(args: argparse.Namespace, settings: Settings, ident: Any, lock_file: str) -> None:
+    from sender import metrics
+
+    labels = {
+        "instance": ident.instance_id,
+        "host": ident.host,
+        "pid": str(ident.pid),
+        "lock_file": lock_file,
+    }
+    if metrics.serve(args.metrics_port, args.metrics_bind, database_url=settings.database_url, labels=labels):
+        metrics.file_lock_held(True)
+
+
+def cmd_db_backup(args: argparse.Namespace, settings: Settings) -> int:
+    from sender.backup import backup
+
+    print(backup(settings.database_url, args.file, force=args.force))
     return 0
 
 
@@ -241,7 +266,17 @@ def cmd_report_duplicates(args: argparse.Namespace, settings: Settings) -> int:
     source = reports.Source.imported(args.imported) if args.imported is not None else reports.LIVE
     engine = _engine(settings, readonly=True)
     reports.check_source(engine, source, args.campaign)  # a typo must not read as "no duplicates"
-    summary = reports.duplicate_summary(engine, source, campaign=args.campaign, bucket_seconds=bucket)
+    span = {}
+    if args.since or args.until:
+        from sender.clock import DatabaseClock
+
+        now = DatabaseClock(engine).now()  # ages count back from the senders' clock
+        span = {
+            name: reports.parse_time(value, now, f"--{name}")
+            for name, value in (("since", args.since), ("until", args.until))
+            if value
+        }
+    summary = reports.duplicate_summary(engine, source, campaign=args.campaign, bucket_seconds=bucket, **span)
     if args.json:
         _print_json(summary)
     else:
@@ -276,6 +311,53 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_config_show(args: argparse.Namespace, settings: Settings) -> int:
+    from sender.config import masked
+
+    loaded = args.loaded_config
+    values = masked(settings)  # the only form of the settings this command ever prints
+    if args.json:
+        _print_json({"config_file": loaded.config_file, "settings": values, "sources": loaded.sources})
+        return 0
+    print(f"# config file: {loaded.config_file or 'none'}; passwords shown as ***")
+    for name, value in values.items():
+        if value is None:
+            print(f"# {name} is unset  # {loaded.sources[name]}")
+        else:
+            print(f"{name} = {json.dumps(value)}  # {loaded.sources[name]}")
+    return 0
+
+
+def cmd_health(args: argparse.Namespace, settings: Settings) -> int:
+    from sender.health import check_all, render
+
+    if args.heartbeat_within is not None and args.heartbeat_within <= 0:
+        raise UsageError("--heartbeat-within must be positive")
+    if args.unknown_older_than < 0:
+        raise UsageError("--unknown-older-than must not be negative")
+    report = check_all(
+        settings,
+        heartbeat_within=args.heartbeat_within or settings.lease_seconds,
+        unknown_older_than_hours=args.unknown_older_than,
+    )
+    if args.json:
+        _print_json(report.as_json())
+    else:
+        print(render(report))
+    return report.exit_code
+
+
+def cmd_campaign_ack(args: argparse.Namespace, settings: Settings) -> int:
+    from sender.campaigns import default_actor
+    from sender.health import acknowledge
+
+    engine = _engine(settings)
+    actor = args.actor or default_actor()
+    acknowledge(engine, args.name, actor=actor, reason=args.reason, now=_db_now(engine))
+    print(f"campaign {args.name!r}: auto-pause acknowledged (still paused; `campaign resume` to send again)")
+    return 0
+
+
 # --- parser --------------------------------------------------------------------------------------
 
 
@@ -286,14 +368,16 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="sendguard", description="Email campaigns that never send a lead the same email twice.")
-    p.add_argument("--database-url", help="overrides SENDGUARD_DATABASE_URL")
-    p.add_argument("--log-level", default=os.environ.get("SENDGUARD_LOG_LEVEL", "INFO"))
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     db = sub.add_parser("db", help="schema").add_subparsers(
         dest="db_command", required=True, parser_class=_Parser
     )
     db.add_parser("upgrade", help="create or migrate the schema (idempotent)").set_defaults(fn=cmd_db_upgrade)
+    bk = db.add_parser("backup", help="online copy of a SQLite database (PostgreSQL: use pg_dump)")
+    bk.add_argument("file")
+    bk.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
+    bk.set_defaults(fn=cmd_db_backup)
 
     camp = sub.add_parser("campaign").add_subparsers(
         dest="campaign_command", required=True, parser_class=_Parser
@@ -311,6 +395,11 @@ def build_parser() -> argparse.ArgumentParser:
         t.add_argument("--reason")
         t.add_argument("--actor", help="who does this (default: cli:USER@HOST)")
         t.set_defaults(fn=_transition(verb))
+    ack = camp.add_parser("ack", help="acknowledge an auto-pause (clears the health warning; stays paused)")
+    ack.add_argument("name")
+    ack.add_argument("--reason")
+    ack.add_argument("--actor", help="who does this (default: cli:USER@HOST)")
+    ack.set_defaults(fn=cmd_campaign_ack)
 
     leads = sub.add_parser("leads").add_subparsers(dest="leads_command", required=True, parser_class=_Parser)
     imp = leads.add_parser("import", help="enroll leads from a CSV file")
@@ -334,6 +423,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-senders", type=int, help="overrides SENDGUARD_MAX_SENDERS")
     run.add_argument("--lock-file", help="overrides SENDGUARD_LOCK_FILE")
     run.add_argument("--batch", type=int, default=4, help="enrollments claimed per transaction (default 4)")
+    run.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port (0: any free)")
+    run.add_argument("--metrics-bind", help="address for --metrics-port (default 127.0.0.1)")
     run.set_defaults(fn=cmd_run)
 
     st = sub.add_parser("status")
@@ -365,6 +456,10 @@ def build_parser() -> argparse.ArgumentParser:
     dup.add_argument("--campaign", help="one campaign (name; for --imported, the campaign column's value)")
     dup.add_argument("--imported", metavar="LABEL", help="an imported send log instead of the live one")
     dup.add_argument("--bucket", default="10m", help="time bucket: 30s, 10m, 1h, 1d (default 10m)")
+    dup.add_argument(
+        "--since", help="only sends from this time: ISO-8601 (UTC unless offset) or an age, 24h, 7d"
+    )
+    dup.add_argument("--until", help="only sends before this time (same forms as --since)")
     dup.add_argument("--json", action="store_true")
     dup.set_defaults(fn=cmd_report_duplicates)
 
@@ -382,27 +477,48 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="seed a demo database")
     demo.add_argument("--fresh", action="store_true", help="seed even if demo data exists (adds a new set)")
     demo.set_defaults(fn=cmd_demo)
+    cfg = sub.add_parser("config", help="configuration").add_subparsers(
+        dest="config_command", required=True, parser_class=_Parser
+    )
+    show = cfg.add_parser("show", help="the effective configuration (passwords masked) and its sources")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(fn=cmd_config_show)
+
+    health = sub.add_parser("health", help="for monitoring: exit 0 healthy, 1 degraded, 2 unhealthy")
+    health.add_argument("--json", action="store_true")
+    beat = "a live sender's heartbeat must be at most this old (default: the lease)"
+    health.add_argument("--heartbeat-within", type=float, metavar="SECONDS", help=beat)
+    old = "unknown sends waiting longer than this make it degraded (default 24)"
+    health.add_argument("--unknown-older-than", type=float, default=24.0, metavar="HOURS", help=old)
+    health.set_defaults(fn=cmd_health)
+    _add_global_options(p)
     return p
+
+
+# Accepted before or after the subcommand (`sendguard --config F status` = `sendguard status --config F`).
+_GLOBAL_OPTIONS: list[tuple[str, dict[str, Any]]] = [
+    ("--config", {"metavar": "FILE", "help": "a sendguard.toml (default: $SENDGUARD_CONFIG; none)"}),
+    ("--database-url", {"help": "overrides SENDGUARD_DATABASE_URL"}),
+    ("--log-level", {"help": "DEBUG, INFO (default), WARNING, ERROR"}),
+    ("--log-format", {"choices": ["text", "json"], "help": "text (default) or json: one object per line"}),
+    ("--log-recipients", {"action": "store_true", "help": "log recipients in full (default a***@x.com)"}),
+]
+
+
+def _add_global_options(parser: argparse.ArgumentParser, *, top: bool = True) -> None:
+    for flag, kwargs in _GLOBAL_OPTIONS:
+        # Only the top level has a default: a subparser's default would overwrite a value given earlier.
+        parser.add_argument(flag, default=None if top else argparse.SUPPRESS, **kwargs)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in {id(c): c for c in action.choices.values()}.values():
+                _add_global_options(child, top=False)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
-        settings = load_settings()
-        settings = settings.with_overrides(
-            database_url=validate_database_url(args.database_url) if args.database_url else None,
-            smtp_url=getattr(args, "smtp_url", None),
-            max_senders=getattr(args, "max_senders", None),
-            lock_file=getattr(args, "lock_file", None),
-        )
-        if getattr(args, "max_senders", None) is not None and args.max_senders < 1:
-            raise UsageError("--max-senders must be at least 1")
+        settings = _configure(args)
         return int(args.fn(args, settings))
     except UsageError as exc:
         print(f"sendguard: {exc}", file=sys.stderr)
@@ -420,6 +536,33 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+
+
+def _configure(args: argparse.Namespace) -> Settings:
+    """Settings from flags > environment > config file > defaults; then logging, then failpoints."""
+    from sender import failpoints, logs
+    from sender.config import secrets_of
+
+    flags = {
+        name: getattr(args, name, None)
+        for name in ("database_url", "smtp_url", "max_senders", "lock_file", "log_level", "log_format")
+    }
+    flags["log_recipients"] = True if getattr(args, "log_recipients", None) else None
+    loaded = load_config(config_file=getattr(args, "config", None), flags=flags)
+    args.loaded_config = loaded  # `config show` reports where each value came from
+    settings = loaded.settings
+    if loaded.sources["sqlite_synchronous"] == "file":  # db.py reads only the variable when it opens SQLite
+        os.environ["SENDGUARD_SQLITE_SYNCHRONOUS"] = settings.sqlite_synchronous
+    logs.configure(
+        level=settings.log_level,
+        fmt=settings.log_format,
+        show_recipients=settings.log_recipients,
+        secrets=secrets_of(settings),
+    )
+    failpoints.check()  # a malformed SENDGUARD_FAILPOINTS is bad input, whatever the command
+    if failpoints.ENABLED:
+        log.warning("failpoints enabled (testing only): %s", failpoints.active())
+    return settings
 
 
 def _safe(exc: BaseException) -> str:

@@ -8,7 +8,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from sender.db import make_engine
 from sender.errors import UsageError
@@ -27,12 +27,41 @@ def alembic_config(url: str) -> Config:
 def upgrade(url: str, revision: str = "head") -> None:
     engine = make_engine(url)
     try:
-        with engine.begin() as connection:
-            config = alembic_config(url)
-            config.attributes["connection"] = connection
-            command.upgrade(config, revision)
+        current = current_revision(engine)
+        if current is not None and not _known(current):
+            raise UsageError(schema_problem(current) or "")  # an older sendguard must not touch it
+        with engine.connect() as connection:
+            sqlite = connection.dialect.name == "sqlite"
+            if sqlite:
+                _sqlite_foreign_keys(connection, on=False)
+            try:
+                with connection.begin():
+                    config = alembic_config(url)
+                    config.attributes["connection"] = connection
+                    command.upgrade(config, revision)
+                    if sqlite:
+                        _check_foreign_keys(connection)
+            finally:
+                if sqlite:
+                    _sqlite_foreign_keys(connection, on=True)
     finally:
         engine.dispose()
+
+
+def _sqlite_foreign_keys(connection: Connection, *, on: bool) -> None:
+    """Batch migrations rebuild a SQLite table (copy, drop, rename): with foreign keys enforced the drop
+    of a referenced table fails once it has data (SQLite's "12-step ALTER TABLE"). The pragma is a no-op
+    inside a transaction, so it goes straight to the driver, outside SQLAlchemy's autobegin."""
+    connection.connection.driver_connection.execute(f"PRAGMA foreign_keys = {'ON' if on else 'OFF'}")  # type: ignore[union-attr]
+
+
+def _check_foreign_keys(connection: Connection) -> None:
+    """What enforcement would have caught, checked once before the migration commits."""
+    broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+    if broken:
+        raise RuntimeError(
+            f"the migration left {len(broken)} rows with broken foreign keys, e.g. {broken[0]}"
+        )
 
 
 def head_revision() -> str:
@@ -46,12 +75,36 @@ def current_revision(engine: Engine) -> str | None:
         return MigrationContext.configure(connection).get_current_revision()
 
 
+def _known(revision: str) -> bool:
+    """Whether this code's migration chain contains `revision` (an unknown one was written by a newer
+    sendguard, or by something else)."""
+    script = ScriptDirectory.from_config(alembic_config("sqlite://"))
+    try:
+        return script.get_revision(revision) is not None
+    except Exception:  # alembic raises ResolutionError/CommandError subclasses for unknown ids
+        return False
+
+
+def schema_problem(current: str | None) -> str | None:
+    """Why a database at `current` cannot be used by this code, with the command that fixes it."""
+    head = head_revision()
+    if current == head:
+        return None
+    if current is None:
+        return f"the database schema is empty but this sendguard expects revision {head}: run `sendguard db upgrade`"
+    if not _known(current):
+        return (
+            f"the database schema is at revision {current}, newer than this sendguard knows (it expects "
+            f"{head}): upgrade sendguard to the version that migrated it; do not run an older sendguard on it"
+        )
+    return (
+        f"the database schema is at revision {current}, older than this sendguard expects ({head}): "
+        "run `sendguard db upgrade` (stop every sender first; see README, Upgrades)"
+    )
+
+
 def require_current_schema(engine: Engine) -> None:
     """`run` refuses a schema older or newer than this code: either would break the protocol."""
-    current, head = current_revision(engine), head_revision()
-    if current != head:
-        state = "empty" if current is None else f"at revision {current}"
-        raise UsageError(
-            f"the database schema is {state} but this sendguard expects {head}: run `sendguard db upgrade`"
-            + ("" if current is None else " (or upgrade sendguard if the database is newer)")
-        )
+    problem = schema_problem(current_revision(engine))
+    if problem is not None:
+        raise UsageError(problem)

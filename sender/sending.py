@@ -17,7 +17,9 @@ from sqlalchemy import Connection, Engine, insert
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from models import Campaign, CampaignEvent, EnrollmentStatus, SendStatus, Variant
+from sender import breakers, logs, metrics
 from sender import claim as q
+from sender import failpoints as fp
 from sender.clock import Clock
 from sender.config import Settings
 from sender.message import build_message, message_id
@@ -118,6 +120,8 @@ def claim_batch(
             now=now,
             lease_until=now + timedelta(seconds=settings.lease_seconds),
         )
+        if fp.ENABLED:
+            fp.hit(fp.AFTER_CLAIM)  # claimed but uncommitted: a crash here must roll it all back
         if not claimed:
             tx.rollback()  # gives the pacing turn back: nothing was due
             return result
@@ -134,10 +138,12 @@ def claim_batch(
             )
             if send_id is None:
                 _guard_fired(conn, c, ident, now)
+                metrics.guard_fired(campaign.name)
                 result.handled += 1
                 continue
             result.reservations.append(Reservation(c, send_id, lead, mid))
         tx.commit()
+    logs.claimed(campaign.name, claimed, leads, result.reservations)
     return result
 
 
@@ -156,6 +162,7 @@ def _guard_fired(conn: Connection, c: q.Claimed, ident: Identity, now: datetime)
         )
     )
     log.warning("duplicate prevented: campaign %s lead %s step %s", c.campaign_id, c.lead_id, c.step)
+    breakers.on_duplicate_prevented(conn, c, now)  # may pause: commits with the claim transaction
 
 
 def _next_turn(engine: Engine, campaign_id: int) -> datetime | None:
@@ -191,8 +198,11 @@ def deliver(
                 error=str(exc)[:500],
             )
         stats.failed += 1
+        logs.transition("failed", c, level=logging.WARNING, reason="template_error")
         return stats
 
+    if fp.ENABLED:
+        fp.hit(fp.AFTER_RESERVE)
     with engine.begin() as conn:
         gated = q.commit_to_transmit(conn, c, send_id=r.send_id, now=clock.now())
     if not gated:
@@ -200,9 +210,17 @@ def deliver(
         with engine.begin() as conn:
             q.release(conn, c, now=clock.now())
         stats.released += 1
+        logs.transition("released", c, reason="gate_refused")
         return stats
 
+    logs.transition("transmitting", c, send_id=r.send_id, recipient=logs.recipient(r.lead.email))
+    if fp.ENABLED:
+        fp.hit(fp.AFTER_GATE)
+    started = time.monotonic()
     result = transport.send(msg, parseaddr(campaign.from_addr)[1], r.lead.email)
+    metrics.transmitted(campaign.name, result.outcome.value, time.monotonic() - started)
+    if fp.ENABLED and result.outcome is Outcome.SENT:
+        fp.hit(fp.AFTER_250)
     _record_with_retry(engine, r, result, settings, clock)
     match result.outcome:
         case Outcome.SENT:
@@ -214,14 +232,7 @@ def deliver(
         case Outcome.UNKNOWN:
             stats.unknown += 1
     stats.auth_failed = result.auth_failed
-    log.info(
-        "campaign=%s enrollment=%s attempt=%s outcome=%s code=%s",
-        campaign.name,
-        c.enrollment_id,
-        c.attempts,
-        result.outcome.value,
-        result.code,
-    )
+    logs.outcome(r, result)
     return stats
 
 
@@ -278,6 +289,8 @@ def _record_with_retry(
         send_status, status, reason, next_at = outcome_states(result, r.claimed.attempts, settings, now)
         try:
             with engine.begin() as conn:
+                if breakers.on_auth_failure(conn, r.claimed, send_id=r.send_id, result=result, now=now):
+                    return  # claim given back and campaign paused: the lead goes out after the resume
                 q.record(
                     conn,
                     r.claimed,
@@ -292,6 +305,9 @@ def _record_with_retry(
                 )
                 if result.hard_bounce:
                     q.suppress(conn, email=r.lead.email, reason="hard_bounce", detail=result.reply, now=now)
+                breakers.after_record(conn, r.claimed, result, now)  # may pause: same transaction
+                if fp.ENABLED:
+                    fp.hit(fp.WHILE_RECORDING)  # the UPDATEs ran, the COMMIT has not
             return
         except DBAPIError as exc:
             if not (exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError)):
@@ -318,4 +334,5 @@ def release_all(engine: Engine, reservations: list[Reservation], clock: Clock) -
     with engine.begin() as conn:
         for r in reservations:
             released += q.release(conn, r.claimed, now=clock.now())
+            logs.transition("released", r.claimed, reason="shutdown")
     return released

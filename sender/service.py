@@ -15,7 +15,8 @@ import schedule
 from sqlalchemy import Engine, insert, select, text, update
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from models import Campaign, CampaignStatus, SenderInstance, Variant
+from models import Campaign, CampaignStatus, EnrollmentStatus, SenderInstance, Variant
+from sender import breakers, logs, metrics
 from sender import claim as q
 from sender.clock import Clock, DatabaseClock
 from sender.config import Settings
@@ -62,6 +63,7 @@ class SenderService:
     # --- lifecycle -------------------------------------------------------------------------------
 
     def register(self) -> None:
+        logs.bind(instance=self.ident.instance_id)  # on every line this thread logs from now on
         now = self.clock.now()
         with self.engine.begin() as conn:
             conn.execute(
@@ -99,6 +101,7 @@ class SenderService:
                 f"active in slot {slot}" if slot is not None else "standby",
             )
         self.slot = slot
+        metrics.lock_state(slot)
         self._last_heartbeat = time.monotonic()
 
     def _heartbeat_if_due(self) -> None:
@@ -140,12 +143,17 @@ class SenderService:
                 expired = q.expired_claims(conn, now=now)
         for enrollment_id, token in expired:
             with self.engine.begin() as conn:
-                status = q.reap_one(conn, enrollment_id=enrollment_id, token=token, now=self.clock.now())
+                reaped_at = self.clock.now()
+                status = q.reap_one(conn, enrollment_id=enrollment_id, token=token, now=reaped_at)
+                if status is EnrollmentStatus.UNKNOWN:
+                    breakers.after_reaped_unknown(conn, enrollment_id, reaped_at)  # may pause: same tx
             if status is not None:
+                logs.reaped(enrollment_id, status.value)
                 if status.value == "unknown":
                     unknown += 1
                 else:
                     requeued += 1
+        metrics.reaped(requeued, unknown)
         if expired:
             log.warning("reaped %d expired claims: %d requeued, %d unknown", len(expired), requeued, unknown)
         return q.Reaped(requeued, unknown)
@@ -185,7 +193,8 @@ class SenderService:
                     break
                 if not window_open(plan.campaign, self.clock.now()):
                     continue
-                batch = claim_batch(self.engine, plan, self.ident, self.settings, self.clock, self.batch)
+                with metrics.claim_timer():
+                    batch = claim_batch(self.engine, plan, self.ident, self.settings, self.clock, self.batch)
                 if batch.wait_until is not None:
                     soonest = batch.wait_until if soonest is None else min(soonest, batch.wait_until)
                 if batch.handled:
@@ -226,18 +235,11 @@ class SenderService:
 
     def tick(self) -> TickReport:
         self.heartbeat()
-        self.reap()
+        reaped = self.reap()
         stats = self.send_pass()
         self.totals.add(stats)
-        if stats.total:
-            log.info(
-                "tick: sent=%d failed=%d deferred=%d unknown=%d skipped=%d",
-                stats.sent,
-                stats.failed,
-                stats.deferred,
-                stats.unknown,
-                stats.skipped,
-            )
+        metrics.ticked()
+        logs.tick(stats, slot=self.slot, reaped_requeued=reaped.requeued, reaped_unknown=reaped.unknown)
         return TickReport(stats, self.slot)
 
     def pending(self) -> int:
