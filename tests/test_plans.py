@@ -1,0 +1,222 @@
+"""The hot path's statements use the indexes meant for them, on both backends (EXPLAIN, not timing).
+
+The database holds a realistic shape before the plans are taken: thousands of enrollments of one
+campaign, almost all already sent (the queue is the small tail of a big table, as in production), with
+a send_log row each, then ANALYZE, so each planner sees statistics like a live database's.
+PostgreSQL plans are taken with the planner's default settings (enable_seqscan stays on): with
+statistics in place a sequential scan of these tables would be a real plan, and that is what must not
+happen. SQLite: EXPLAIN QUERY PLAN; `SCAN t` is a full scan, `SEARCH t USING ...` an index lookup.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Connection, Engine, TextClause, insert, text
+
+from models import CampaignLead, Lead, SendLog
+from sender import claim as q
+from sender.db import make_engine
+
+LEADS = 6000
+QUEUED = 150
+SENDING = 50
+NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+
+CAMPAIGN_TOML = """name = "plans"
+from = "Ana <ana@example.com>"
+[[variants]]
+letter = "A"
+weight = 1
+subject = "Hello"
+body = "Hi there."
+"""
+
+
+def _seed(engine: Engine, tmp_path: Path) -> int:
+    from sender import campaigns
+    from sender.campaign_file import load_campaign_file
+
+    path = tmp_path / "plans.toml"
+    path.write_text(CAMPAIGN_TOML, encoding="utf-8")
+    campaigns.create_or_update(engine, load_campaign_file(path), update_existing=False, now=NOW)
+    with engine.begin() as conn:
+        campaign_id = conn.execute(text("SELECT id FROM campaign WHERE name = 'plans'")).scalar_one()
+        conn.execute(
+            insert(Lead.__table__),
+            [{"email": f"l{i}@example.com", "fields": "{}", "created_at": NOW} for i in range(LEADS)],
+        )
+        lead_ids = [r[0] for r in conn.execute(text("SELECT id FROM lead ORDER BY id"))]
+        sent = LEADS - QUEUED - SENDING
+        rows = []
+        for n, lead_id in enumerate(lead_ids):
+            status = "sent" if n < sent else "sending" if n < sent + SENDING else "queued"
+            rows.append(
+                {
+                    "campaign_id": campaign_id,
+                    "lead_id": lead_id,
+                    "step": 0,
+                    "variant_letter": "A",
+                    "status": status,
+                    "attempts": 0 if status == "queued" else 1,
+                    "claim_token": None if status == "queued" else f"tok.{n}",
+                    "claimed_by": None if status == "queued" else "inst",
+                    "lease_expires_at": NOW + timedelta(minutes=5) if status == "sending" else None,
+                    "next_attempt_at": NOW - timedelta(seconds=n),
+                    "created_at": NOW,
+                    "updated_at": NOW,
+                }
+            )
+        conn.execute(insert(CampaignLead.__table__), rows)
+        enrollments = conn.execute(
+            text("SELECT id, lead_id, status, claim_token FROM campaign_lead WHERE status <> 'queued'")
+        ).all()
+        conn.execute(
+            insert(SendLog.__table__),
+            [
+                {
+                    "campaign_id": campaign_id,
+                    "lead_id": lead_id,
+                    "enrollment_id": enrollment_id,
+                    "step": 0,
+                    "variant_letter": "A",
+                    "status": "sent" if status == "sent" else "transmitting",
+                    "claim_token": token,
+                    "attempt": 1,
+                    "message_id": f"<sg.c{campaign_id}.l{lead_id}.s0@example.com>",
+                    "instance_id": "inst",
+                    "host": "h",
+                    "pid": 1,
+                    "created_at": NOW - timedelta(seconds=enrollment_id),
+                }
+                for enrollment_id, lead_id, status, token in enrollments
+            ],
+        )
+    with engine.connect() as conn:
+        conn.execute(text("ANALYZE"))
+        conn.commit()
+    return int(campaign_id)
+
+
+@pytest.fixture
+def planned(db_url: str, tmp_path: Path) -> tuple[Engine, int]:
+    engine = make_engine(db_url)
+    try:
+        yield engine, _seed(engine, tmp_path)
+    finally:
+        engine.dispose()
+
+
+def explain(conn: Connection, stmt: TextClause, params: dict[str, object]) -> str:
+    """The plan of `stmt` with these parameters, as one string, without running it."""
+    prefix = "EXPLAIN QUERY PLAN " if conn.dialect.name == "sqlite" else "EXPLAIN "
+    stmt_text = stmt.text
+    explained = text(prefix + stmt_text).bindparams(*stmt._bindparams.values())
+    rows = conn.execute(explained, params).all()
+    return "\n".join(str(r[-1]) for r in rows)
+
+
+def full_scans(plan: str, dialect: str, table: str, alias: str | None = None) -> bool:
+    names = {table, alias} - {None}
+    if dialect == "sqlite":
+        return any(f"SCAN {n}" in line.split(" USING")[0] for line in plan.splitlines() for n in names)
+    return f"Seq Scan on {table}" in plan
+
+
+def uses(plan: str, dialect: str, index: str) -> bool:
+    if dialect == "sqlite":
+        return f"INDEX {index}" in plan
+    return (
+        f"Index Scan using {index}" in plan
+        or f"Index Only Scan using {index}" in plan
+        or (f"Bitmap Index Scan on {index}" in plan)
+    )
+
+
+def searched(plan: str, dialect: str, table: str, alias: str | None = None) -> bool:
+    """The table is reached through some index (which one is the planner's choice among equals)."""
+    names = {table, alias} - {None}
+    if dialect == "sqlite":
+        return any(f"SEARCH {n} USING" in plan for n in names)
+    return (
+        any(re.search(rf"(Index Scan|Index Only Scan) using \w+ on {table}( {n})?\b", plan) for n in names)
+        or f"Bitmap Heap Scan on {table}" in plan
+    )
+
+
+def by_primary_key(plan: str, dialect: str, table: str, alias: str | None = None) -> bool:
+    if dialect == "sqlite":
+        return any(f"SEARCH {n} USING INTEGER PRIMARY KEY" in plan for n in ({table, alias} - {None}))
+    return f"using {table}_pkey on {table}" in plan
+
+
+def test_claim_reads_the_queue_through_its_index(planned: tuple[Engine, int]) -> None:
+    engine, campaign_id = planned
+    dialect = engine.dialect.name
+    stmt = q._CLAIM_SQLITE if dialect == "sqlite" else q._CLAIM_POSTGRESQL
+    params = {"campaign_id": campaign_id, "limit": 4, "token_prefix": "t.", "instance": "i", "now": NOW,
+              "lease_until": NOW + timedelta(minutes=5)}  # fmt: skip
+    with engine.connect() as conn:
+        plan = explain(conn, stmt, params)
+    assert uses(plan, dialect, "ix_campaign_lead_claim"), plan
+    assert not full_scans(plan, dialect, "campaign_lead", "q"), plan
+    # The picked rows are then updated by primary key. (The one-row campaign table may well be scanned:
+    # for a table that small a scan is the best plan.)
+    assert by_primary_key(plan, dialect, "campaign_lead"), plan
+
+
+def test_gate_reaches_send_log_and_the_queue_through_indexes_only(planned: tuple[Engine, int]) -> None:
+    engine, campaign_id = planned
+    dialect = engine.dialect.name
+    params = {"send_id": 10, "token": "tok.9", "enrollment_id": 10, "campaign_id": campaign_id, "now": NOW}
+    with engine.connect() as conn:
+        plan = explain(conn, q._GATE_BY_DIALECT[dialect], params)
+    assert searched(plan, dialect, "send_log"), plan
+    assert searched(plan, dialect, "campaign_lead", "cl"), plan
+    assert not full_scans(plan, dialect, "send_log"), plan
+    assert not full_scans(plan, dialect, "campaign_lead", "cl"), plan
+
+
+def test_record_reaches_both_rows_through_indexes(planned: tuple[Engine, int]) -> None:
+    engine, _ = planned
+    dialect = engine.dialect.name
+    with engine.connect() as conn:
+        send = explain(conn, q._RECORD_SEND, {"status": "sent", "now": NOW, "code": 250, "reply": "ok",
+                                               "send_id": 10, "token": "tok.9"})  # fmt: skip
+        enrollment = explain(conn, q._RECORD_ENROLLMENT, {"status": "sent", "reason": None, "error": None,
+                             "next_at": NOW, "now": NOW, "enrollment_id": 10, "token": "tok.9"})  # fmt: skip
+    assert searched(send, dialect, "send_log") and not full_scans(send, dialect, "send_log"), send
+    assert searched(enrollment, dialect, "campaign_lead"), enrollment
+    assert not full_scans(enrollment, dialect, "campaign_lead"), enrollment
+
+
+def test_release_and_reaper_find_their_rows_through_indexes(planned: tuple[Engine, int]) -> None:
+    engine, campaign_id = planned
+    dialect = engine.dialect.name
+    with engine.connect() as conn:
+        drop = explain(conn, q._DROP_RESERVATION, {"token": "tok.9"})
+        expired = explain(conn, q._EXPIRED, {"now": NOW, "limit": 200})
+        reap = explain(conn, q._REAP_TRANSMITTING, {"token": "tok.9", "now": NOW})
+        daily = explain(conn, q._SENDS_SINCE, {"campaign_id": campaign_id, "day_start": NOW})
+    assert uses(drop, dialect, "ix_send_log_claim") and not full_scans(drop, dialect, "send_log"), drop
+    assert uses(expired, dialect, "ix_campaign_lead_lease"), expired
+    assert not full_scans(expired, dialect, "campaign_lead"), expired
+    assert uses(reap, dialect, "ix_send_log_claim") and not full_scans(reap, dialect, "send_log"), reap
+    assert not full_scans(daily, dialect, "send_log"), daily
+
+
+def test_the_checks_notice_a_missing_index(planned: tuple[Engine, int]) -> None:
+    """Without ix_send_log_claim, releasing a reservation scans send_log, and the check above says so."""
+    engine, _ = planned
+    dialect = engine.dialect.name
+    with engine.begin() as conn:
+        conn.execute(text("DROP INDEX ix_send_log_claim"))
+    with engine.connect() as conn:
+        conn.execute(text("ANALYZE"))
+        conn.commit()
+        drop = explain(conn, q._DROP_RESERVATION, {"token": "tok.9"})
+    assert not uses(drop, dialect, "ix_send_log_claim"), drop
+    assert full_scans(drop, dialect, "send_log"), drop
