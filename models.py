@@ -95,6 +95,16 @@ class Variant(SQLModel, table=True):
 
 class Lead(SQLModel, table=True):
     __tablename__ = "lead"
+    # Records stored with a not-normalized email (another tool wrote them): the only candidates for
+    # address duplicates (reports.py); sendguard stores emails normalized, so it holds almost nothing.
+    __table_args__ = (
+        Index(
+            "ix_lead_unnormalized",
+            "id",
+            postgresql_where=text("email <> lower(trim(email))"),
+            sqlite_where=text("email <> lower(trim(email))"),
+        ),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     email: str = Field(unique=True, max_length=320)  # normalized: trimmed, lower-cased

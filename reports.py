@@ -542,6 +542,13 @@ def _two_counts(engine: Engine, sql: str, params: dict, span: Span = ALL_TIME) -
     return {"duplicate_sends": int(sends), "affected_leads": int(affected)}
 
 
+def _kind_counts(
+    engine: Engine, template: str, source: Source, campaign: str | None, span: Span
+) -> dict[str, int]:
+    sql = template.format(**_fragments(engine, source, campaign, span))
+    return _two_counts(engine, sql, _params(source, campaign, span=span), span)
+
+
 def address_duplicates(
     engine: Engine,
     source: Source = LIVE,
@@ -551,9 +558,7 @@ def address_duplicates(
     until: datetime | None = None,
 ) -> dict[str, int]:
     """{"duplicate_sends", "affected_leads"} for one address reached via several lead records."""
-    span = Span(since, until)
-    sql = _ADDRESS.format(**_fragments(engine, source, campaign, span))
-    return _two_counts(engine, sql, _params(source, campaign, span=span), span)
+    return _kind_counts(engine, _ADDRESS, source, campaign, Span(since, until))
 
 
 def cross_campaign_duplicates(
@@ -565,9 +570,7 @@ def cross_campaign_duplicates(
     until: datetime | None = None,
 ) -> dict[str, int]:
     """{"duplicate_sends", "affected_leads"} for addresses sent by more than one campaign."""
-    span = Span(since, until)
-    sql = _CROSS_CAMPAIGN.format(**_fragments(engine, source, campaign, span))
-    return _two_counts(engine, sql, _params(source, campaign, span=span), span)
+    return _kind_counts(engine, _CROSS_CAMPAIGN, source, campaign, Span(since, until))
 
 
 def prevented_duplicates(

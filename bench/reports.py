@@ -59,7 +59,7 @@ from sqlalchemy import Engine, event  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
 import reports  # noqa: E402
-from sender.db import make_engine  # noqa: E402
+from sender.db import READER_SESSION_SQL, make_engine  # noqa: E402
 from sender.migrate import upgrade  # noqa: E402
 
 try:  # the page loaders (another module may not exist yet: then pages are timed from reports.py)
@@ -119,6 +119,8 @@ class Database:
             import psycopg
 
             conn = psycopg.connect(_conninfo(self.url), autocommit=True)
+            for statement in READER_SESSION_SQL:  # the same session as the dashboard's reader engine
+                conn.execute(statement)
         for sql in self.session_sql:
             conn.execute(sql)
         return conn
