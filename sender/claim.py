@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import Connection, TextClause, bindparam, text
+from sqlalchemy.exc import IntegrityError
 from sqlmodel.sql.sqltypes import UTCDateTime
 
 from models import EnrollmentStatus, SendStatus
@@ -163,16 +164,12 @@ def lead_data(conn: Connection, lead_ids: Sequence[int]) -> dict[int, LeadData]:
 # --- 2. Reserve ----------------------------------------------------------------------------------
 
 # Safe: the partial unique index uq_send_log_live admits one reserved/transmitting/sent/unknown row
-# per (campaign, lead, step), whatever the variant: a second reservation inserts nothing and returns no
-# id. The conflict target names exactly that index (its columns and predicate), so any other
-# constraint still raises; no savepoint needed (two statements fewer per message on the hot path).
+# per (campaign, lead, step), whatever the variant: a second reservation fails in the database.
 _RESERVE = _sql("""
 INSERT INTO send_log (campaign_id, lead_id, enrollment_id, step, variant_letter, status, claim_token,
                       attempt, message_id, instance_id, host, pid, created_at)
 VALUES (:campaign_id, :lead_id, :enrollment_id, :step, :variant, 'reserved', :token,
         :attempt, :message_id, :instance, :host, :pid, :now)
-ON CONFLICT (campaign_id, lead_id, step) WHERE status IN ('reserved', 'transmitting', 'sent', 'unknown')
-DO NOTHING
 RETURNING id
 """)
 
@@ -181,24 +178,30 @@ def reserve(
     conn: Connection, c: Claimed, *, message_id: str, instance: str, host: str, pid: int, now: datetime
 ) -> int | None:
     """Insert the `reserved` send_log row; None when the guard fired (a live row exists: never send)."""
-    send_id = conn.execute(
-        _RESERVE,
-        {
-            "campaign_id": c.campaign_id,
-            "lead_id": c.lead_id,
-            "enrollment_id": c.enrollment_id,
-            "step": c.step,
-            "variant": c.variant,
-            "token": c.token,
-            "attempt": c.attempts,
-            "message_id": message_id,
-            "instance": instance,
-            "host": host,
-            "pid": pid,
-            "now": now,
-        },
-    ).scalar_one_or_none()
-    return None if send_id is None else int(send_id)
+    savepoint = conn.begin_nested()
+    try:
+        send_id = conn.execute(
+            _RESERVE,
+            {
+                "campaign_id": c.campaign_id,
+                "lead_id": c.lead_id,
+                "enrollment_id": c.enrollment_id,
+                "step": c.step,
+                "variant": c.variant,
+                "token": c.token,
+                "attempt": c.attempts,
+                "message_id": message_id,
+                "instance": instance,
+                "host": host,
+                "pid": pid,
+                "now": now,
+            },
+        ).scalar_one()
+    except IntegrityError:
+        savepoint.rollback()
+        return None
+    savepoint.commit()
+    return int(send_id)
 
 
 # --- 3. Commit to transmit (the gate) -------------------------------------------------------------

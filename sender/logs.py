@@ -139,6 +139,7 @@ def configure(
 ) -> logging.Handler:
     """Install one stderr handler in the chosen format on the root logger (replacing our earlier one)."""
     global _show_recipients, _secrets
+    _context.set({})  # a fresh configuration starts without an earlier service's bound fields
     _show_recipients = show_recipients
     _secrets = tuple(sorted({s for s in secrets if s}, key=len, reverse=True))
     handler = logging.StreamHandler(stream) if stream is not None else _Stderr()

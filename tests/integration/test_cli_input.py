@@ -54,6 +54,8 @@ IMPORT_KEYS = {"enrolled", "already_enrolled", "duplicates_in_file", "suppressed
 LEADS_LIST_KEYS = {"email", "status", "reason", "variant", "attempts", "message_id", "sent_at"}
 STATUS_KEYS = {"campaigns", "senders"}
 STATUS_CAMPAIGN_KEYS = {"name", "status", "counts"}
+# README ("CLI"): extensions beyond CLI.md, so a pause by a circuit breaker is visible to scripts.
+STATUS_CAMPAIGN_EXTENSIONS = {"paused_by", "pause_reason"}
 STATUS_COUNT_KEYS = {"queued", "sending", "sent", "failed", "skipped", "unknown"}
 STATUS_SENDER_KEYS = {"instance", "host", "pid", "alive", "heartbeat_at"}
 # CLI.md documents `campaign list --json` without a shape; these are the keys the dashboard and
@@ -68,6 +70,8 @@ CAMPAIGN_LIST_KEYS = {
     "min_interval_seconds",
     "timezone",
     "pause_reason",
+    "paused_by",
+    "breakers",
 }
 
 
@@ -503,7 +507,7 @@ def test_hostile_input_round_trips_as_data_and_json_shapes_match_the_contract(
 
     # status --json
     assert isinstance(status, dict) and set(status) == STATUS_KEYS
-    assert [set(c) for c in status["campaigns"]] == [STATUS_CAMPAIGN_KEYS]
+    assert [set(c) for c in status["campaigns"]] == [STATUS_CAMPAIGN_KEYS | STATUS_CAMPAIGN_EXTENSIONS]
     entry = status["campaigns"][0]
     assert entry["name"] == HOSTILE_CAMPAIGN and entry["status"] == "active"
     assert set(entry["counts"]) == STATUS_COUNT_KEYS

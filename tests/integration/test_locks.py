@@ -170,7 +170,9 @@ def test_sigterm_releases_claims_slot_and_lock(
         started = time.monotonic()
         sender.send_signal(signal.SIGTERM)
         assert wait_exit(sender, 30, log) == 0
-        assert time.monotonic() - started < 5, "SIGTERM took too long"
+        # Seconds, not a lease (300 s): the in-flight message finishes and every claim is given back
+        # at once. 5 s held on a quiet box; 6.1 s was seen under the whole suite at load 15 on 2 CPUs.
+        assert time.monotonic() - started < 15, "SIGTERM took too long"
 
     delivered = peer.count()
     assert delivered < leads

@@ -32,10 +32,12 @@ CLAIM_TOLERANCE = 0.02
 # The peer sees each message one claim-to-DATA latency later: render, the gate transaction, the SMTP
 # transaction, and for each sender's first message the SMTP connection set-up. That latency varies
 # from message to message, and a wire gap loses the variation against its claim gap: 0.88-0.93 s was
-# typical on a busy 2-CPU box, 0.68 s the worst with three copies of this test competing for it. So
-# the wire is held to half the interval: pacing that failed (two senders sharing a turn, a turn not
-# waited for) puts messages milliseconds apart, which this still catches.
-WIRE_TOLERANCE = 0.5
+# typical on a busy 2-CPU box, 0.68 s the worst with three copies of this test competing for it, 0.34 s
+# with the whole suite on three xdist workers beside a chaos soak (load 15 on 2 CPUs). So the wire is
+# held to a quarter of the interval: pacing that failed (two senders sharing a turn, a turn not waited
+# for) puts messages milliseconds apart, which this still catches. Pacing is enforced at the claim
+# (above, to 20 ms); a paced send at transmission time is its own issue.
+WIRE_TOLERANCE = 0.75
 
 
 @pytest.mark.slow
