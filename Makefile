@@ -6,6 +6,9 @@ VENV ?= .venv
 PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
 STAMP := $(VENV)/.sendguard-installed
 PYTEST_ARGS ?=
+# Tests spend most of their time waiting on subprocesses, SMTP and fsync, so three workers fit two CPUs
+# (pytest-xdist); PYTEST_WORKERS=0 runs in one process.
+PYTEST_WORKERS ?= 3
 
 export VENV
 
@@ -44,7 +47,7 @@ chromium:
 	fi
 
 test: venv chromium
-	scripts/with-postgres.sh $(VENV)/bin/pytest -q $(PYTEST_ARGS)
+	scripts/with-postgres.sh $(VENV)/bin/pytest -q -n $(PYTEST_WORKERS) --durations=25 $(PYTEST_ARGS)
 
 # The chaos soak (scripts/chaos.py; not part of `make test`): senders through random SIGKILLs, failpoint
 # crashes and SMTP faults on SQLite, then PostgreSQL; exit 1 on any duplicate or loss. Flags in
