@@ -83,7 +83,7 @@ def campaign_events(engine: Engine, campaign: str | None = None, limit: int = EV
     stmt = text(_EVENTS.format(where=where)).columns(**_EVENT_TYPES)
     with engine.connect() as conn:
         rows = conn.execute(stmt, {"campaign": campaign, "limit": int(limit)}).all()
-    return pd.DataFrame(rows, columns=EVENT_COLUMNS)
+    return pd.DataFrame([tuple(r) for r in rows], columns=EVENT_COLUMNS)  # see reports._frame
 
 
 _NAMES = text("SELECT name FROM campaign ORDER BY name LIMIT :limit")

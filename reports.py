@@ -32,9 +32,10 @@ datetimes.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Literal
+from typing import Any, Literal
 
 import pandas as pd
 from sqlalchemy import Engine, Float, Integer, String, TextClause, bindparam, text
@@ -301,6 +302,13 @@ def _statement(sql: str, span: Span) -> TextClause:
     return text(sql).bindparams(*span.binds())
 
 
+def _frame(rows: Sequence[Any], columns: list[str], dtype: str | None = None) -> pd.DataFrame:
+    """A DataFrame of result rows. Plain tuples: given SQLAlchemy Row objects, pandas probes each row for
+    attributes (hasattr -> Row's key lookup -> a raised and caught KeyError per row), ~20 ms per 1,000
+    rows, which made small reports twice as slow as their SQL."""
+    return pd.DataFrame([tuple(r) for r in rows], columns=columns, dtype=dtype)
+
+
 def _utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
@@ -373,7 +381,7 @@ def imported_labels(engine: Engine) -> pd.DataFrame:
     """One row per imported log: label, rows, first_at, last_at."""
     with engine.connect() as conn:
         rows = conn.execute(_LABELS).all()
-    return pd.DataFrame(rows, columns=["label", "rows", "first_at", "last_at"])
+    return _frame(rows, columns=["label", "rows", "first_at", "last_at"])
 
 
 # EXISTS stops at the first matching row: the check costs one index probe however large the log.
@@ -479,7 +487,7 @@ def duplicate_buckets(
     with engine.connect() as conn:
         rows = conn.execute(stmt, params).all()
     _check_bucket_rows(len(rows), max_buckets, bucket_seconds)
-    return pd.DataFrame(rows, columns=BUCKET_COLUMNS, dtype="int64")
+    return _frame(rows, columns=BUCKET_COLUMNS, dtype="int64")
 
 
 # Correct because FIRST_VALUE(lead_key) over (campaign, step, address) ordered by (time, id) is the lead
@@ -693,7 +701,7 @@ def duplicates_by_instance(
         rows = conn.execute(
             stmt, _params(source, campaign, span=span, limit=min(limit, MAX_DETAIL_ROWS))
         ).all()
-    return pd.DataFrame(rows, columns=INSTANCE_COLUMNS)
+    return _frame(rows, columns=INSTANCE_COLUMNS)
 
 
 # --- drill-down ----------------------------------------------------------------------------------
@@ -852,7 +860,7 @@ def duplicate_details(
     limit = max(0, min(int(limit), MAX_DETAIL_ROWS))
     with engine.connect() as conn:
         rows = conn.execute(stmt, _params(source, campaign, span=span, limit=limit)).all()
-    df = pd.DataFrame(rows, columns=DETAIL_COLUMNS[2:])
+    df = _frame(rows, columns=DETAIL_COLUMNS[2:])
     df.insert(0, "kind", kind)
     group_by = {"address": ["campaign", "email", "step"], "cross_campaign": ["email"]}.get(
         kind, ["campaign", "lead", "step"]
@@ -942,7 +950,7 @@ def sends_timeline(
     with engine.connect() as conn:
         rows = conn.execute(stmt, params).all()
     _check_bucket_rows(len(rows), max_rows, bucket_seconds)
-    return _epoch_to_datetime(pd.DataFrame(rows, columns=list(columns)))
+    return _epoch_to_datetime(_frame(rows, columns=list(columns)))
 
 
 def _time_binds(since: datetime | None, until: datetime | None) -> list:
@@ -984,7 +992,7 @@ def prevented_timeline(
     with engine.connect() as conn:
         rows = conn.execute(stmt, params).all()
     _check_bucket_rows(len(rows), max_rows, bucket_seconds)
-    return _epoch_to_datetime(pd.DataFrame(rows, columns=list(columns)))
+    return _epoch_to_datetime(_frame(rows, columns=list(columns)))
 
 
 # One row per campaign: enrollment counts from one GROUP BY over campaign_lead (index-only on
@@ -1044,7 +1052,7 @@ def campaign_overview(engine: Engine, now: datetime | None = None) -> pd.DataFra
     stmt = _OVERVIEW.bindparams(bindparam("since", type_=_TS)).columns(**OVERVIEW_TYPES)
     with engine.connect() as conn:
         rows = conn.execute(stmt, {"since": _utc(now) - timedelta(hours=1)}).all()
-    return pd.DataFrame(rows, columns=list(OVERVIEW_TYPES))
+    return _frame(rows, columns=list(OVERVIEW_TYPES))
 
 
 # --- text rendering (`sendguard report duplicates` without --json) -------------------------------
