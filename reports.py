@@ -161,7 +161,7 @@ _LIVE_SENDS = """sends AS {inline} (
                 ELSE sl.lead_id END AS address_key,
            sl.step, sl.variant_letter AS variant, sl.created_at AS ts, {bucket} AS bucket,
            sl.instance_id AS instance, sl.host, sl.pid
-    FROM send_log AS sl
+    FROM send_log AS sl {time_index}
     WHERE sl.status IN ('sent', 'unknown') {campaign_filter} {time_filter}
 )"""
 _LIVE_CAMPAIGN = "AND sl.campaign_id = (SELECT id FROM campaign WHERE name = :campaign)"
@@ -183,7 +183,7 @@ _IMPORTED_CAMPAIGN = "AND i.campaign = :campaign"
 # from uq_send_log_live alone, and the index guarantees the answer is empty unless it was tampered with.
 _LIVE_DUP_KEYS = """dup_keys AS {materialized} (
     SELECT campaign_id AS campaign_key, lead_id AS lead_key, step
-    FROM send_log AS sl
+    FROM send_log AS sl {time_index}
     WHERE status IN ('reserved', 'transmitting', 'sent', 'unknown') {campaign_filter} {time_filter}
     GROUP BY campaign_id, lead_id, step
     HAVING count(*) > 1
@@ -212,7 +212,7 @@ _IMPORTED_SHARED_LEADS = """shared_leads AS (
 # campaign, plus records sharing their address with another record (needs shared_leads). A cheap GROUP
 # BY on the lead key, so the cross-campaign window sorts only the overlapping part of the log.
 _LIVE_MULTI_LEADS = """multi_leads AS (
-    SELECT lead_id AS lead_key FROM send_log AS sl
+    SELECT lead_id AS lead_key FROM send_log AS sl {time_index}
     WHERE status IN ('sent', 'unknown') {time_filter}
     GROUP BY lead_id
     HAVING min(campaign_id) <> max(campaign_id)
@@ -265,13 +265,19 @@ def _fragments(engine: Engine, source: Source, campaign: str | None, span: Span 
         cf = _LIVE_CAMPAIGN if campaign else ""
         bucket = _bucket(engine, "sl.created_at")
         tf = span.filter("sl.created_at")
+        # SQLite's planner prefers an index that yields the GROUP BY order (the whole of
+        # uq_send_log_live or ix_send_log_lead, a million entries, each checked against the range)
+        # over the range itself (~35,000 rows a day at a million sends a month): 3-4 s instead of
+        # 0.1 s, with or without ANALYZE. A recent range is what the pages ask for, so name the index.
+        ti = "INDEXED BY ix_send_log_time" if engine.dialect.name == "sqlite" and span.since else ""
+        fill = {"campaign_filter": cf, "time_filter": tf, "time_index": ti}
         return {
             "prelude": _LIVE_CANON,
-            "sends": _LIVE_SENDS.format(inline=inline, bucket=bucket, campaign_filter=cf, time_filter=tf),
-            "sends_all": _LIVE_SENDS.format(inline=inline, bucket=bucket, campaign_filter="", time_filter=tf),
-            "dup_keys": _LIVE_DUP_KEYS.format(materialized=materialized, campaign_filter=cf, time_filter=tf),
+            "sends": _LIVE_SENDS.format(inline=inline, bucket=bucket, **fill),
+            "sends_all": _LIVE_SENDS.format(inline=inline, bucket=bucket, **(fill | {"campaign_filter": ""})),
+            "dup_keys": _LIVE_DUP_KEYS.format(materialized=materialized, **fill),
             "shared_leads": _LIVE_SHARED_LEADS,
-            "multi_leads": _LIVE_MULTI_LEADS.format(time_filter=tf),
+            "multi_leads": _LIVE_MULTI_LEADS.format(time_filter=tf, time_index=ti),
             "campaign_key": (
                 "campaign_key = (SELECT id FROM campaign WHERE name = :campaign)" if campaign else "1 = 1"
             ),
