@@ -556,6 +556,7 @@ class SqliteLoader:
         return n
 
     def finish(self) -> None:
+        self.conn.execute("ANALYZE imported_send_log")  # as `sendguard sendlog import` does after a load
         self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self.conn.close()
 

