@@ -22,6 +22,8 @@ if str(ROOT) not in sys.path:
 import psycopg  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
+from scripts.pg_cluster import PgClusterError, pg_cluster  # noqa: E402
+
 CAMPAIGN = "bench"
 
 
@@ -55,16 +57,18 @@ def pg_server(url: str | None) -> Iterator[str]:
     if url:
         yield url
         return
-    script = ROOT / "scripts" / "pg-cluster.sh"
-    out = subprocess.run(["bash", str(script), "start"], capture_output=True, text=True, timeout=180)
-    if out.returncode != 0:
-        raise SystemExit(f"cannot start a PostgreSQL cluster (scripts/pg-cluster.sh start):\n{out.stderr}")
-    values = dict(line.split("=", 1) for line in out.stdout.splitlines() if "=" in line)
+    try:
+        values = pg_cluster("start")
+    except PgClusterError as exc:
+        raise SystemExit(f"cannot start a PostgreSQL cluster: {exc}") from None
     progress(f"throwaway PostgreSQL cluster in {values['SENDGUARD_TEST_PG_DIR']}")
     try:
         yield values["SENDGUARD_TEST_PG_URL"]
     finally:
-        subprocess.run(["bash", str(script), "stop", values["SENDGUARD_TEST_PG_DIR"]], capture_output=True)
+        try:
+            pg_cluster("stop", values["SENDGUARD_TEST_PG_DIR"])
+        except PgClusterError as exc:
+            progress(f"cluster not stopped: {exc}")
 
 
 @dataclass

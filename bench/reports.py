@@ -59,6 +59,7 @@ from sqlalchemy import Engine, event  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
 import reports  # noqa: E402
+from scripts.pg_cluster import pg_cluster, psycopg_conninfo  # noqa: E402
 from sender.db import READER_SESSION_SQL, make_engine  # noqa: E402
 from sender.migrate import upgrade  # noqa: E402
 
@@ -118,7 +119,7 @@ class Database:
         else:
             import psycopg
 
-            conn = psycopg.connect(_conninfo(self.url), autocommit=True)
+            conn = psycopg.connect(psycopg_conninfo(self.url), autocommit=True)
             for statement in READER_SESSION_SQL:  # the same session as the dashboard's reader engine
                 conn.execute(statement)
         for sql in self.session_sql:
@@ -150,23 +151,6 @@ class Database:
             conn.close()
 
 
-def _conninfo(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
-def _pg_cluster(action: str, *args: str) -> dict[str, str]:
-    result = subprocess.run(
-        ["bash", str(ROOT / "scripts" / "pg-cluster.sh"), action, *args],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
-    if result.returncode != 0:
-        raise SystemExit(f"scripts/pg-cluster.sh {action} failed:\n{result.stderr}")
-    return dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
-
-
 def open_database(args: argparse.Namespace) -> Database:
     if args.db:  # an already seeded database (kept by an earlier --keep run)
         backend = "sqlite" if make_url(args.db).get_backend_name() == "sqlite" else "postgresql"
@@ -187,18 +171,18 @@ def open_database(args: argparse.Namespace) -> Database:
     cluster_dir = None
     db = Database("postgresql", "")
     if not admin:
-        values = _pg_cluster("start")
+        values = pg_cluster("start")
         admin, cluster_dir = values["SENDGUARD_TEST_PG_URL"], values["SENDGUARD_TEST_PG_DIR"]
         if args.keep:
             db.kept.append(
                 f"PostgreSQL cluster in {cluster_dir} (stop with: scripts/pg-cluster.sh stop {cluster_dir})"
             )
         else:
-            db.cleanup.append(lambda: _pg_cluster("stop", cluster_dir))
+            db.cleanup.append(lambda: pg_cluster("stop", cluster_dir))
     if not make_url(admin).drivername.startswith("postgresql"):
         raise SystemExit(f"--url must be a PostgreSQL URL, got {make_url(admin).drivername}")
     name = f"sendguard_bench_{os.getpid()}"
-    with psycopg.connect(_conninfo(admin), autocommit=True) as conn:
+    with psycopg.connect(psycopg_conninfo(admin), autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     db.url = make_url(admin).set(database=name).render_as_string(hide_password=False)
     if args.keep:
@@ -206,7 +190,7 @@ def open_database(args: argparse.Namespace) -> Database:
     else:
 
         def drop() -> None:
-            with psycopg.connect(_conninfo(admin), autocommit=True) as conn:
+            with psycopg.connect(psycopg_conninfo(admin), autocommit=True) as conn:
                 conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
         db.cleanup.insert(0, drop)  # before the cluster stops

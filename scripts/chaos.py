@@ -47,6 +47,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(ROOT))
 
+from scripts.pg_cluster import pg_cluster, psycopg_conninfo  # noqa: E402
+
 Key = tuple[int, int, int]  # (campaign_id, lead_id, step): the at-most-once key
 
 CAMPAIGN = "chaos"
@@ -221,25 +223,6 @@ class Database:
                 print(f"chaos: cleanup failed: {exc}", file=sys.stderr)
 
 
-def _pg_cluster(action: str, *args: str) -> dict[str, str]:
-    result = subprocess.run(
-        ["bash", str(ROOT / "scripts" / "pg-cluster.sh"), action, *args],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
-    if result.returncode != 0:
-        raise RuntimeError(f"scripts/pg-cluster.sh {action} failed: {result.stderr.strip()[-500:]}")
-    return dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
-
-
-def _conninfo(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
 def open_database(args: argparse.Namespace, workdir: Path, keep: Callable[[], bool]) -> Database:
     if args.backend == "sqlite":
         return Database("sqlite", f"sqlite:///{workdir}/chaos.db")
@@ -251,21 +234,21 @@ def open_database(args: argparse.Namespace, workdir: Path, keep: Callable[[], bo
     db = Database("postgresql", "")
     admin = args.url or os.environ.get("SENDGUARD_TEST_PG_URL")
     if not admin:
-        values = _pg_cluster("start")
+        values = pg_cluster("start")
         admin, cluster_dir = values["SENDGUARD_TEST_PG_URL"], values["SENDGUARD_TEST_PG_DIR"]
-        db.cleanup.append(lambda: None if keep() else _pg_cluster("stop", cluster_dir))
+        db.cleanup.append(lambda: None if keep() else pg_cluster("stop", cluster_dir))
         db.kept = f"PostgreSQL cluster {cluster_dir} (stop with: scripts/pg-cluster.sh stop {cluster_dir})"
     if not make_url(admin).drivername.startswith("postgresql"):
         raise Usage(f"--url must be a PostgreSQL URL, got {make_url(admin).drivername}")
     name = f"sendguard_chaos_{os.getpid()}"
-    with psycopg.connect(_conninfo(admin), autocommit=True) as conn:
+    with psycopg.connect(psycopg_conninfo(admin), autocommit=True) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
 
     def drop() -> None:
         if keep():
             return
-        with psycopg.connect(_conninfo(admin), autocommit=True) as conn:
+        with psycopg.connect(psycopg_conninfo(admin), autocommit=True) as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
     db.cleanup.append(drop)
