@@ -12,6 +12,7 @@ import difflib
 import math
 import os
 import re
+import sys
 import tomllib
 import zoneinfo
 from collections.abc import Mapping
@@ -99,8 +100,11 @@ class CampaignSpec:
 def load_campaign_file(path: str | os.PathLike[str]) -> CampaignSpec:
     source = os.fspath(path)
     try:
-        with open(path, "rb") as handle:
-            data = handle.read()
+        if source == "-":  # stdin: the service user cannot open an admin's file (README, Operations)
+            data = sys.stdin.buffer.read()
+        else:
+            with open(path, "rb") as handle:
+                data = handle.read()
     except FileNotFoundError:
         raise UsageError(f"{source}: no such file") from None
     except IsADirectoryError:
