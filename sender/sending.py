@@ -5,10 +5,14 @@ The steps and their order are the guarantee (DESIGN.md); the SQL for each lives 
 
 from __future__ import annotations
 
+import enum
+import functools
 import json
 import logging
 import random
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from email.utils import parseaddr
@@ -22,7 +26,7 @@ from sender import claim as q
 from sender import failpoints as fp
 from sender.clock import Clock
 from sender.config import Settings
-from sender.message import build_message, message_id
+from sender.message import Outgoing, message_id, prepare_message
 from sender.pacing import local_day_start
 from sender.templates import render
 from sender.transport import Outcome, SendResult, Transport
@@ -43,6 +47,10 @@ class Plan:
 
     campaign: Campaign
     variants: dict[str, Variant]
+
+    @functools.cached_property
+    def envelope_from(self) -> str:
+        return parseaddr(self.campaign.from_addr)[1]
 
     @property
     def paced(self) -> bool:
@@ -174,6 +182,10 @@ def _next_turn(engine: Engine, campaign_id: int) -> datetime | None:
         ).scalar_one_or_none()
 
 
+class _GaveUp(Exception):
+    """The database stayed unreachable for a whole lease: stop this batch, the reaper settles it."""
+
+
 def deliver(
     engine: Engine,
     transport: Transport,
@@ -183,45 +195,94 @@ def deliver(
     clock: Clock,
 ) -> PassStats:
     """Steps 3-5 for one reservation: gate, transmit, record."""
+    return deliver_batch(engine, transport, plan, [r], settings, clock)
+
+
+def deliver_batch(
+    engine: Engine,
+    transport: Transport,
+    plan: Plan,
+    pending: list[Reservation],
+    settings: Settings,
+    clock: Clock,
+    *,
+    stop: threading.Event | None = None,
+    between: Callable[[], None] | None = None,
+) -> PassStats:
+    """Steps 3-5 for a batch of reservations, in order: gate, transmit, record each.
+
+    The record of one message and the gate of the next are one transaction (the hand-over): both fall
+    between the two transmissions, and the next message may only leave once the previous outcome is
+    durable anyway, so one commit per message does what two did, with the same crash states (an
+    uncommitted hand-over leaves the previous send `transmitting` and the next `reserved`, exactly as
+    a crash between two separate transactions would). `pending` is consumed from the front as each
+    reservation is gated, released or failed, so the caller can give back what is left on shutdown.
+    `between` runs after each hand-over (the service's heartbeat); `stop` ends the batch after the
+    message in flight is recorded.
+    """
     stats = PassStats()
-    campaign, c = plan.campaign, r.claimed
+    previous: tuple[Reservation, SendResult] | None = None
+    conn = engine.connect()
     try:
-        msg = _render(plan, r)
-    except Exception as exc:  # a template that cannot render for this lead: never transmit a broken mail
-        with engine.begin() as conn:
-            q.finish_unsent(
-                conn,
-                c,
-                status=EnrollmentStatus.FAILED,
-                reason="template_error",
-                now=clock.now(),
-                error=str(exc)[:500],
-            )
-        stats.failed += 1
-        logs.transition("failed", c, level=logging.WARNING, reason="template_error")
-        return stats
+        while True:
+            upcoming = pending[0] if pending and not (stop is not None and stop.is_set()) else None
+            if previous is None and upcoming is None:
+                return stats
+            msg = None
+            render_error: str | None = None
+            if upcoming is not None:
+                try:
+                    msg = _render(plan, upcoming)
+                except Exception as exc:  # a template that cannot render for this lead: never transmit it
+                    render_error = str(exc)[:500]
+                if fp.ENABLED:
+                    fp.hit(fp.AFTER_RESERVE)
+            try:
+                conn, gate = _hand_over(conn, engine, previous, upcoming, render_error, settings, clock)
+            except _GaveUp:
+                return stats
+            if previous is not None:
+                _count(stats, *previous)
+                logs.outcome(*previous)
+                previous = None
+            if upcoming is None:
+                return stats
+            pending.pop(0)
+            c = upcoming.claimed
+            if gate is _Gate.FAILED:
+                stats.failed += 1
+                logs.transition("failed", c, level=logging.WARNING, reason="template_error")
+            elif gate is _Gate.RELEASED:
+                # Paused, or our claim was taken over: nothing left this host, so it went back untouched.
+                stats.released += 1
+                logs.transition("released", c, reason="gate_refused")
+            else:
+                logs.transition(
+                    "transmitting", c, send_id=upcoming.send_id, recipient=logs.recipient(upcoming.lead.email)
+                )
+                if fp.ENABLED:
+                    fp.hit(fp.AFTER_GATE)
+                assert msg is not None
+                started = time.monotonic()
+                result = transport.send(msg, plan.envelope_from, upcoming.lead.email)
+                metrics.transmitted(plan.campaign.name, result.outcome.value, time.monotonic() - started)
+                if fp.ENABLED and result.outcome is Outcome.SENT:
+                    fp.hit(fp.AFTER_250)
+                previous = (upcoming, result)
+            if between is not None:
+                between()
+    finally:
+        conn.close()
 
-    if fp.ENABLED:
-        fp.hit(fp.AFTER_RESERVE)
-    with engine.begin() as conn:
-        gated = q.commit_to_transmit(conn, c, send_id=r.send_id, now=clock.now())
-    if not gated:
-        # Paused, or our claim was taken over: nothing left this host, so hand it back untouched.
-        with engine.begin() as conn:
-            q.release(conn, c, now=clock.now())
-        stats.released += 1
-        logs.transition("released", c, reason="gate_refused")
-        return stats
 
-    logs.transition("transmitting", c, send_id=r.send_id, recipient=logs.recipient(r.lead.email))
-    if fp.ENABLED:
-        fp.hit(fp.AFTER_GATE)
-    started = time.monotonic()
-    result = transport.send(msg, parseaddr(campaign.from_addr)[1], r.lead.email)
-    metrics.transmitted(campaign.name, result.outcome.value, time.monotonic() - started)
-    if fp.ENABLED and result.outcome is Outcome.SENT:
-        fp.hit(fp.AFTER_250)
-    _record_with_retry(engine, r, result, settings, clock)
+class _Gate(enum.Enum):
+    NONE = "none"  # nothing to gate: the last record of a batch
+    GATED = "gated"  # `transmitting` is durable: the message may leave
+    RELEASED = "released"  # the gate refused (paused, lease lost): handed back untouched
+    FAILED = "failed"  # the template failed for this lead: never transmitted
+
+
+def _count(stats: PassStats, r: Reservation, result: SendResult) -> None:
     match result.outcome:
         case Outcome.SENT:
             stats.sent += 1
@@ -231,12 +292,67 @@ def deliver(
             stats.deferred += 1
         case Outcome.UNKNOWN:
             stats.unknown += 1
-    stats.auth_failed = result.auth_failed
-    logs.outcome(r, result)
-    return stats
+    stats.auth_failed = stats.auth_failed or result.auth_failed
 
 
-def _render(plan: Plan, r: Reservation):  # -> EmailMessage
+def _hand_over(
+    conn: Connection,
+    engine: Engine,
+    previous: tuple[Reservation, SendResult] | None,
+    upcoming: Reservation | None,
+    render_error: str | None,
+    settings: Settings,
+    clock: Clock,
+) -> tuple[Connection, _Gate]:
+    """Step 5 for the previous message and step 3 for the next, in one transaction, retried on database
+    errors: every statement in it is a compare-and-set, so a retry after a lost COMMIT changes nothing
+    twice; giving up is safe too (the reaper marks the previous send unknown, never resends it, and
+    requeues the next, which never left). Returns the connection to go on with (a new one after a
+    reconnect)."""
+    deadline = time.monotonic() + max(settings.lease_seconds, 30.0)
+    delay = 0.05
+    while True:
+        try:
+            with conn.begin():
+                now = clock.now()
+                if previous is not None:
+                    _record(conn, *previous, settings, now)
+                    if fp.ENABLED:
+                        fp.hit(fp.WHILE_RECORDING)  # the UPDATEs ran, the COMMIT has not
+                gate = _Gate.NONE
+                if upcoming is not None:
+                    c = upcoming.claimed
+                    if render_error is not None:
+                        q.finish_unsent(
+                            conn, c, status=EnrollmentStatus.FAILED, reason="template_error", now=now,
+                            error=render_error,
+                        )  # fmt: skip
+                        gate = _Gate.FAILED
+                    elif q.commit_to_transmit(conn, c, send_id=upcoming.send_id, now=now):
+                        gate = _Gate.GATED
+                    else:
+                        q.release(conn, c, now=now)
+                        gate = _Gate.RELEASED
+            return conn, gate
+        except DBAPIError as exc:
+            if not (exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError)):
+                raise  # a bug, not an outage: retrying would not help
+            what = (
+                f"recording enrollment {previous[0].claimed.enrollment_id}"
+                if previous is not None
+                else f"gating enrollment {upcoming.claimed.enrollment_id if upcoming else '?'}"
+            )
+            if time.monotonic() > deadline:
+                log.error("giving up %s: %s", what, exc.__class__.__name__)
+                raise _GaveUp from exc
+            log.warning("%s failed (%s), retrying", what, exc.__class__.__name__)
+            time.sleep(delay)  # backoff between reconnect attempts, not synchronisation
+            delay = min(delay * 2, 2.0)
+            conn.close()
+            conn = engine.connect()
+
+
+def _render(plan: Plan, r: Reservation) -> Outgoing:
     campaign, lead = plan.campaign, r.lead
     variant = plan.variants[r.claimed.variant]
     context: dict[str, object] = dict(json.loads(lead.fields or "{}"))
@@ -245,7 +361,7 @@ def _render(plan: Plan, r: Reservation):  # -> EmailMessage
         context["first_name"] = lead.first_name
     if lead.last_name is not None:
         context["last_name"] = lead.last_name
-    return build_message(
+    return prepare_message(
         from_addr=campaign.from_addr,
         to_addr=lead.email,
         subject=render(variant.subject, context),
@@ -277,53 +393,26 @@ def outcome_states(
     raise AssertionError(result.outcome)
 
 
-def _record_with_retry(
-    engine: Engine, r: Reservation, result: SendResult, settings: Settings, clock: Clock
-) -> None:
-    """Step 5, retried on database errors: the record is idempotent, and giving up is safe too (the
-    reaper then marks the send unknown, never resends it)."""
-    deadline = time.monotonic() + max(settings.lease_seconds, 30.0)
-    delay = 0.05
-    while True:
-        now = clock.now()
-        send_status, status, reason, next_at = outcome_states(result, r.claimed.attempts, settings, now)
-        try:
-            with engine.begin() as conn:
-                if breakers.on_auth_failure(conn, r.claimed, send_id=r.send_id, result=result, now=now):
-                    return  # claim given back and campaign paused: the lead goes out after the resume
-                q.record(
-                    conn,
-                    r.claimed,
-                    send_id=r.send_id,
-                    send_status=send_status,
-                    enrollment_status=status,
-                    reason=reason,
-                    code=result.code,
-                    reply=result.reply,
-                    now=now,
-                    next_at=next_at,
-                )
-                if result.hard_bounce:
-                    q.suppress(conn, email=r.lead.email, reason="hard_bounce", detail=result.reply, now=now)
-                breakers.after_record(conn, r.claimed, result, now)  # may pause: same transaction
-                if fp.ENABLED:
-                    fp.hit(fp.WHILE_RECORDING)  # the UPDATEs ran, the COMMIT has not
-            return
-        except DBAPIError as exc:
-            if not (exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError)):
-                raise  # a bug, not an outage: retrying would not help
-            if time.monotonic() > deadline:
-                log.error(
-                    "giving up recording enrollment %s: %s", r.claimed.enrollment_id, exc.__class__.__name__
-                )
-                return
-            log.warning(
-                "recording enrollment %s failed (%s), retrying",
-                r.claimed.enrollment_id,
-                exc.__class__.__name__,
-            )
-            time.sleep(delay)  # backoff between reconnect attempts, not synchronisation
-            delay = min(delay * 2, 2.0)
+def _record(conn: Connection, r: Reservation, result: SendResult, settings: Settings, now: datetime) -> None:
+    """Step 5: the SMTP outcome onto both rows (idempotent), and what it may trip."""
+    if breakers.on_auth_failure(conn, r.claimed, send_id=r.send_id, result=result, now=now):
+        return  # claim given back and campaign paused: the lead goes out after the resume
+    send_status, status, reason, next_at = outcome_states(result, r.claimed.attempts, settings, now)
+    q.record(
+        conn,
+        r.claimed,
+        send_id=r.send_id,
+        send_status=send_status,
+        enrollment_status=status,
+        reason=reason,
+        code=result.code,
+        reply=result.reply,
+        now=now,
+        next_at=next_at,
+    )
+    if result.hard_bounce:
+        q.suppress(conn, email=r.lead.email, reason="hard_bounce", detail=result.reply, now=now)
+    breakers.after_record(conn, r.claimed, result, now)  # may pause: same transaction
 
 
 def release_all(engine: Engine, reservations: list[Reservation], clock: Clock) -> int:

@@ -21,13 +21,13 @@ from sender import claim as q
 from sender.clock import Clock, DatabaseClock
 from sender.config import Settings
 from sender.pacing import local_day_start, window_open
-from sender.sending import Identity, PassStats, Plan, Reservation, claim_batch, deliver, release_all
+from sender.sending import Identity, PassStats, Plan, Reservation, claim_batch, deliver_batch, release_all
 from sender.transport import Transport
 from sender.version import VERSION
 
 log = logging.getLogger("sendguard.sender")
 
-DEFAULT_BATCH = 4
+DEFAULT_BATCH = 32
 
 
 @dataclass
@@ -201,14 +201,14 @@ class SenderService:
                     stats.skipped += batch.handled
                     progressed = True
                 self._in_hand = list(batch.reservations)
-                while self._in_hand:
-                    r = self._in_hand[0]
-                    if self.stop_event.is_set():
-                        break
-                    stats.add(deliver(self.engine, self.transport, plan, r, self.settings, self.clock))
-                    self._in_hand.pop(0)
+                if self._in_hand:
+                    stats.add(
+                        deliver_batch(
+                            self.engine, self.transport, plan, self._in_hand, self.settings, self.clock,
+                            stop=self.stop_event, between=self._heartbeat_if_due,
+                        )
+                    )  # fmt: skip
                     progressed = True
-                    self._heartbeat_if_due()
                 if stats.auth_failed:
                     log.error("SMTP authentication failed: not sending until the next tick")
                     return stats

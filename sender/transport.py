@@ -30,6 +30,7 @@ from urllib.parse import parse_qsl, unquote
 
 from sender import failpoints as fp
 from sender.errors import UsageError
+from sender.message import Outgoing, PreparedMessage
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ class SendResult:
 
 
 class Transport(Protocol):
-    def send(self, msg: email.message.EmailMessage, sender: str, recipient: str) -> SendResult: ...
+    def send(self, msg: Outgoing, sender: str, recipient: str) -> SendResult: ...
 
     def close(self) -> None: ...
 
@@ -230,8 +231,10 @@ _EOL_RE = re.compile(rb"\r\n|\n|\r(?!\n)")
 _LEADING_DOT_RE = re.compile(rb"(?m)^\.")
 
 
-def _message_bytes(msg: email.message.Message, *, smtputf8: bool, linesep: str = "\r\n") -> bytes:
+def _message_bytes(msg: email.message.Message | PreparedMessage, *, smtputf8: bool, linesep: str = "\r\n") -> bytes:
     """The message as smtplib.send_message would put it on the wire, before dot-stuffing."""
+    if isinstance(msg, PreparedMessage):
+        return msg.as_bytes(linesep)  # 7-bit already: the same bytes with or without SMTPUTF8
     if "Bcc" in msg or "Resent-Bcc" in msg:
         # Same as send_message: blind copies must not reveal themselves in the delivered header.
         msg = copy.copy(msg)
@@ -471,7 +474,7 @@ class SmtpTransport:
 
     # -- sending ------------------------------------------------------------------------------
 
-    def send(self, msg: email.message.EmailMessage, sender: str, recipient: str) -> SendResult:
+    def send(self, msg: Outgoing, sender: str, recipient: str) -> SendResult:
         if _bad_address(sender) or _bad_address(recipient):
             return self._result(Outcome.FAILED, None, "invalid envelope address", "mail")
         smtputf8 = not (sender.isascii() and recipient.isascii())
@@ -636,7 +639,7 @@ class DryRunTransport:
     def __repr__(self) -> str:
         return f"DryRunTransport({self.directory!r})"
 
-    def send(self, msg: email.message.EmailMessage, sender: str, recipient: str) -> SendResult:
+    def send(self, msg: Outgoing, sender: str, recipient: str) -> SendResult:
         if _bad_address(sender) or _bad_address(recipient):
             return SendResult(Outcome.FAILED, None, "invalid envelope address", "mail")
         try:
@@ -676,7 +679,7 @@ class NullTransport:
     def __repr__(self) -> str:
         return "NullTransport()"
 
-    def send(self, msg: email.message.EmailMessage, sender: str, recipient: str) -> SendResult:
+    def send(self, msg: Outgoing, sender: str, recipient: str) -> SendResult:
         return SendResult(Outcome.SENT, 250, "250 discarded by null://", "reply")
 
     def close(self) -> None:

@@ -239,3 +239,151 @@ def test_display_name_line_break_is_flattened() -> None:
 def test_invalid_recipient_refused(bad: str) -> None:
     with pytest.raises(ValueError):
         build(to_addr=bad)
+
+
+# --- prepare_message: the fast path is byte-for-byte build_message -----------------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from sender.message import PreparedMessage, prepare_message  # noqa: E402
+from sender.transport import _message_bytes  # noqa: E402
+
+_FIXED_DATE = datetime(2026, 11, 29, 10, 43, 39, tzinfo=UTC)
+_ATOM = st.text(alphabet="abcXYZ019!#$%&'*+/=?^_`{|}~-", min_size=1, max_size=12)
+_LABEL = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,8}[a-z0-9])?", fullmatch=True)
+_PLAIN_ADDRESSES = st.builds(
+    lambda local, labels, tld: f"{'.'.join(local)}@{'.'.join(labels)}.{tld}",
+    st.lists(_ATOM, min_size=1, max_size=3),
+    st.lists(_LABEL, min_size=1, max_size=3),
+    st.from_regex(r"[a-z]{2,6}", fullmatch=True),
+)
+# Anything at all, plus the near misses of the fast path's conditions.
+_TEXT = st.one_of(
+    st.text(max_size=120),
+    st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=90),
+    st.sampled_from(["=?utf-8?q?hi?=", "Re: =?x", "a" * 69, "a" * 70, " lead ", "tab\there", "Zürich"]),
+)
+_BODIES = st.one_of(
+    st.text(max_size=300),
+    st.lists(st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=90)).map(
+        "\n".join
+    ),
+    st.sampled_from(["", "\n", "x" * 78, "x" * 79, "a\r\nb\rc\nd", "line\n.\nafter", "naïve\n"]),
+)
+_FROMS = st.sampled_from(
+    ["Ana Nowak <ana@example.com>", "ana@example.com", '"Nowak, Ana" <ana@example.com>', "Zoë <zoe@example.com>",
+     "A Very Long Display Name That Will Certainly Need Folding Somewhere <a.very.long.local.part@example.com>"]
+)  # fmt: skip
+
+
+def _both(**args: Any) -> tuple[Any, EmailMessage | None]:
+    fast = prepare_message(**args, date=_FIXED_DATE)
+    try:
+        slow = build_message(**args, date=_FIXED_DATE)
+    except ValueError:
+        slow = None
+    return fast, slow
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    to_addr=st.one_of(
+        _PLAIN_ADDRESSES, st.sampled_from(["Lead@Example.COM", "l@xn--bcher-kva.example", "a@b"])
+    ),
+    subject=_TEXT,
+    body=_BODIES,
+    from_addr=_FROMS,
+    reply_to=st.one_of(st.none(), st.just("Replies <replies@example.com>")),
+    unsubscribe=st.one_of(st.none(), st.just("mailto:unsub@example.com?subject=stop")),
+    campaign=st.sampled_from(["spring-outreach", "Frühling", "x" * 70]),
+    lead_id=st.integers(min_value=0, max_value=10**12),
+)
+def test_prepared_message_is_byte_identical_to_build_message(
+    to_addr: str, subject: str, body: str, from_addr: str, reply_to: str | None, unsubscribe: str | None,
+    campaign: str, lead_id: int,
+) -> None:  # fmt: skip
+    args = dict(
+        from_addr=from_addr, to_addr=to_addr, subject=subject, body=body,
+        message_id=message_id(7, lead_id, 0, from_addr), reply_to=reply_to, unsubscribe=unsubscribe,
+        campaign=campaign,
+    )  # fmt: skip
+    try:
+        fast, slow = _both(**args)
+    except ValueError:
+        with pytest.raises(ValueError):
+            build_message(**args, date=_FIXED_DATE)
+        return
+    assert slow is not None, "the fast path accepted what build_message refuses"
+    for smtputf8 in (False, True):
+        for linesep in ("\r\n", "\n"):
+            assert _message_bytes(fast, smtputf8=smtputf8, linesep=linesep) == _message_bytes(
+                slow, smtputf8=smtputf8, linesep=linesep
+            )
+
+
+_PRINTABLE = st.characters(min_codepoint=0x20, max_codepoint=0x7E)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    to_addr=_PLAIN_ADDRESSES,
+    subject=st.text(alphabet=_PRINTABLE, min_size=1, max_size=69).filter(
+        lambda t: t.strip() and "=?" not in t
+    ),
+    body=st.lists(st.text(alphabet=_PRINTABLE, max_size=78), min_size=1).map("\n".join).filter(bool),
+    from_addr=_FROMS.filter(str.isascii),
+    reply_to=st.one_of(st.none(), st.just("Replies <replies@example.com>")),
+    campaign=st.sampled_from(["spring-outreach", "x" * 70]),
+)
+def test_plain_messages_take_the_fast_path_and_match(
+    to_addr: str, subject: str, body: str, from_addr: str, reply_to: str | None, campaign: str
+) -> None:
+    args = dict(
+        from_addr=from_addr, to_addr=to_addr, subject=subject, body=body,
+        message_id=message_id(7, 42, 0, from_addr), reply_to=reply_to, unsubscribe=None, campaign=campaign,
+    )  # fmt: skip
+    fast, slow = _both(**args)
+    assert isinstance(fast, PreparedMessage)
+    assert slow is not None
+    for smtputf8 in (False, True):
+        assert _message_bytes(fast, smtputf8=smtputf8) == _message_bytes(slow, smtputf8=smtputf8)
+    assert _message_bytes(fast, smtputf8=False, linesep="\n") == _message_bytes(
+        slow, smtputf8=False, linesep="\n"
+    )
+
+
+def test_prepared_message_takes_the_fast_path_for_a_plain_message() -> None:
+    fast, slow = _both(
+        from_addr="Ana Nowak <ana@example.com>", to_addr="lead@example.org", subject="Quick question",
+        body="Hi there,\nhow are you?\n", message_id="<sg.c1.l2.s0@example.com>", reply_to=None,
+        unsubscribe=None, campaign="spring-outreach",
+    )  # fmt: skip
+    assert isinstance(fast, PreparedMessage)
+    assert fast.get("Message-ID") == "<sg.c1.l2.s0@example.com>"
+    assert fast.wire == _message_bytes(slow, smtputf8=False)
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        {"to_addr": "lead@example.org\r\nBcc: victim@example.net"},
+        {"subject": "hi\r\nBcc: victim@example.net"},
+        {"subject": "hi\u2028Bcc: victim@example.net"},
+        {"body": "naïve"},
+        {"to_addr": "Lead <lead@example.org>"},
+    ],
+)
+def test_prepared_message_falls_back_or_refuses_anything_not_plain(override: dict[str, str]) -> None:
+    args = dict(
+        from_addr="ana@example.com", to_addr="lead@example.org", subject="s", body="b\n",
+        message_id="<sg.c1.l2.s0@example.com>", reply_to=None, unsubscribe=None, campaign="c",
+    )  # fmt: skip
+    args.update(override)
+    try:
+        fast = prepare_message(**args, date=_FIXED_DATE)
+    except ValueError:
+        return  # refused, as build_message refuses it
+    raw = _message_bytes(fast, smtputf8=False)
+    assert b"\r\nBcc:" not in raw
+    assert raw == _message_bytes(build_message(**args, date=_FIXED_DATE), smtputf8=False)
