@@ -7,6 +7,7 @@ now": the caller stops. The functions take an open Connection; the caller owns t
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -206,39 +207,69 @@ def lead_data(conn: Connection, lead_ids: Sequence[int]) -> dict[int, LeadData]:
 # Safe: the partial unique index uq_send_log_live admits one reserved/transmitting/sent/unknown row
 # per (campaign, lead, step), whatever the variant: a second reservation inserts nothing. No conflict
 # target, so the statement also runs without that index (the crash tests' control drops it to show
-# what it prevents); it is send_log's only unique key besides the serial id.
-_RESERVE = _sql("""
+# what it prevents); it is send_log's only unique key besides the serial id. One statement for a
+# whole claimed batch: the rows travel as one JSON parameter, so the SQL text never changes.
+_RESERVE_BY_DIALECT = {
+    "postgresql": _sql("""
 INSERT INTO send_log (campaign_id, lead_id, enrollment_id, step, variant_letter, status, claim_token,
                       attempt, message_id, instance_id, host, pid, created_at)
-VALUES (:campaign_id, :lead_id, :enrollment_id, :step, :variant, 'reserved', :token,
-        :attempt, :message_id, :instance, :host, :pid, :now)
+SELECT r.campaign_id, r.lead_id, r.enrollment_id, r.step, r.variant, 'reserved', r.token,
+       r.attempt, r.message_id, :instance, :host, :pid, :now
+FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(campaign_id integer, lead_id integer, enrollment_id integer,
+                                                    step integer, variant text, token text, attempt integer,
+                                                    message_id text)
 ON CONFLICT DO NOTHING
-RETURNING id
-""")
+RETURNING id, enrollment_id
+"""),
+    # `WHERE true`: SQLite would otherwise read ON CONFLICT as part of the SELECT's join.
+    "sqlite": _sql("""
+INSERT INTO send_log (campaign_id, lead_id, enrollment_id, step, variant_letter, status, claim_token,
+                      attempt, message_id, instance_id, host, pid, created_at)
+SELECT json_extract(r.value, '$.campaign_id'), json_extract(r.value, '$.lead_id'),
+       json_extract(r.value, '$.enrollment_id'), json_extract(r.value, '$.step'),
+       json_extract(r.value, '$.variant'), 'reserved', json_extract(r.value, '$.token'),
+       json_extract(r.value, '$.attempt'), json_extract(r.value, '$.message_id'), :instance, :host, :pid, :now
+FROM json_each(:rows) AS r WHERE true
+ON CONFLICT DO NOTHING
+RETURNING id, enrollment_id
+"""),
+}
+
+
+def reserve_many(
+    conn: Connection,
+    claims: Sequence[tuple[Claimed, str]],
+    *,
+    instance: str,
+    host: str,
+    pid: int,
+    now: datetime,
+) -> dict[int, int]:
+    """Insert a `reserved` send_log row per (claim, message id): enrollment id -> send id for those
+    reserved. A claim missing from the result is one the guard refused (a live row exists: never send)."""
+    if not claims:
+        return {}
+    rows = json.dumps(
+        [
+            {
+                "campaign_id": c.campaign_id, "lead_id": c.lead_id, "enrollment_id": c.enrollment_id,
+                "step": c.step, "variant": c.variant, "token": c.token, "attempt": c.attempts,
+                "message_id": message_id,
+            }
+            for c, message_id in claims
+        ]
+    )  # fmt: skip
+    params = {"rows": rows, "instance": instance, "host": host, "pid": pid, "now": now}
+    result = _RESERVE_BY_DIALECT[conn.dialect.name].run(conn, params)
+    return {int(enrollment_id): int(send_id) for send_id, enrollment_id in result.all()}
 
 
 def reserve(
     conn: Connection, c: Claimed, *, message_id: str, instance: str, host: str, pid: int, now: datetime
 ) -> int | None:
     """Insert the `reserved` send_log row; None when the guard fired (a live row exists: never send)."""
-    send_id = _RESERVE.run(
-        conn,
-        {
-            "campaign_id": c.campaign_id,
-            "lead_id": c.lead_id,
-            "enrollment_id": c.enrollment_id,
-            "step": c.step,
-            "variant": c.variant,
-            "token": c.token,
-            "attempt": c.attempts,
-            "message_id": message_id,
-            "instance": instance,
-            "host": host,
-            "pid": pid,
-            "now": now,
-        },
-    ).scalar_one_or_none()
-    return None if send_id is None else int(send_id)
+    reserved = reserve_many(conn, [(c, message_id)], instance=instance, host=host, pid=pid, now=now)
+    return reserved.get(c.enrollment_id)
 
 
 # --- 3. Commit to transmit (the gate) -------------------------------------------------------------
@@ -335,20 +366,28 @@ def finish_unsent(
 
 # Safe: only this claim's row; `unknown` is accepted because the reaper may have given up on a slow
 # transmission that did finish, and a definite answer beats an ambiguous one.
-_RECORD_SEND = _sql("""
-UPDATE send_log SET status = CAST(:status AS VARCHAR(16)), finished_at = :now, smtp_code = :code, smtp_reply = :reply
+_RECORD_SEND_SQL = """
+UPDATE send_log
+SET status = CAST(:send_status AS VARCHAR(16)), finished_at = :now, smtp_code = :code, smtp_reply = :reply
 WHERE id = :send_id AND claim_token = :token AND status IN ('transmitting', 'unknown')
-""")
+"""
 
 # Safe: CAS on the token, from `sending` or from `unknown` (set by the reaper while we were slow).
-_RECORD_ENROLLMENT = _sql("""
+_RECORD_ENROLLMENT_SQL = """
 UPDATE campaign_lead
 SET status = CAST(:status AS VARCHAR(16)), reason = :reason, last_error = :error, next_attempt_at = :next_at,
     claim_token = CASE WHEN CAST(:status AS VARCHAR(16)) = 'queued' THEN NULL ELSE claim_token END,
     claimed_by = CASE WHEN CAST(:status AS VARCHAR(16)) = 'queued' THEN NULL ELSE claimed_by END,
     lease_expires_at = NULL, updated_at = :now
 WHERE id = :enrollment_id AND claim_token = :token AND status IN ('sending', 'unknown')
-""")
+"""
+_RECORD_SEND = _sql(_RECORD_SEND_SQL)
+_RECORD_ENROLLMENT = _sql(_RECORD_ENROLLMENT_SQL)
+# PostgreSQL: both in one statement, one round trip fewer per message. A data-modifying CTE always
+# runs to completion, read or not, and the two touch different tables.
+_RECORD_BOTH_POSTGRESQL = _sql(
+    f"WITH recorded_send AS ({_RECORD_SEND_SQL} RETURNING id){_RECORD_ENROLLMENT_SQL}"
+)
 
 
 def record(
@@ -365,18 +404,11 @@ def record(
     next_at: datetime,
 ) -> bool:
     """Record the SMTP outcome on both rows. Idempotent: safe to retry after a lost connection."""
-    _RECORD_SEND.run(
-        conn,
-        {
-            "status": send_status.value,
-            "now": now,
-            "code": code,
-            "reply": reply[:1000],
-            "send_id": send_id,
-            "token": c.token,
-        },
-    )
     params = {
+        "send_status": send_status.value,
+        "code": code,
+        "reply": reply[:1000],
+        "send_id": send_id,
         "status": enrollment_status.value,
         "reason": reason,
         "error": None if enrollment_status == EnrollmentStatus.SENT else reply[:1000],
@@ -385,6 +417,9 @@ def record(
         "enrollment_id": c.enrollment_id,
         "token": c.token,
     }
+    if conn.dialect.name == "postgresql":
+        return _RECORD_BOTH_POSTGRESQL.run(conn, params).rowcount == 1
+    _RECORD_SEND.run(conn, params)
     return _RECORD_ENROLLMENT.run(conn, params).rowcount == 1
 
 

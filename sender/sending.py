@@ -134,22 +134,24 @@ def claim_batch(
             tx.rollback()  # gives the pacing turn back: nothing was due
             return result
         leads = q.lead_data(conn, [c.lead_id for c in claimed])
+        to_reserve: list[tuple[q.Claimed, str]] = []
         for c in claimed:
-            lead = leads[c.lead_id]
-            if lead.suppressed:
+            if leads[c.lead_id].suppressed:
                 q.finish_unsent(conn, c, status=EnrollmentStatus.SKIPPED, reason="suppressed", now=now)
                 result.handled += 1
-                continue
-            mid = message_id(c.campaign_id, c.lead_id, c.step, campaign.from_addr)
-            send_id = q.reserve(
-                conn, c, message_id=mid, instance=ident.instance_id, host=ident.host, pid=ident.pid, now=now
-            )
+            else:
+                to_reserve.append((c, message_id(c.campaign_id, c.lead_id, c.step, campaign.from_addr)))
+        reserved = q.reserve_many(
+            conn, to_reserve, instance=ident.instance_id, host=ident.host, pid=ident.pid, now=now
+        )
+        for c, mid in to_reserve:
+            send_id = reserved.get(c.enrollment_id)
             if send_id is None:
                 _guard_fired(conn, c, ident, now)
                 metrics.guard_fired(campaign.name)
                 result.handled += 1
-                continue
-            result.reservations.append(Reservation(c, send_id, lead, mid))
+            else:
+                result.reservations.append(Reservation(c, send_id, leads[c.lead_id], mid))
         tx.commit()
     logs.claimed(campaign.name, claimed, leads, result.reservations)
     return result
