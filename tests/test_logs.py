@@ -128,9 +128,7 @@ def test_recipients_are_masked_unless_asked_and_the_instance_is_bound(captured: 
     logs.claimed("spring", [c, c2], {11: lead, 12: other}, [_R()])  # type: ignore[list-item]
     got = [(d["event"], d["enrollment_id"], d.get("recipient"), d.get("reason")) for d in lines(captured)]
     assert got == [
-        ("claimed", 7, None, None),
         ("reserved", 7, "a***@example.com", None),
-        ("claimed", 8, None, None),
         ("skipped", 8, "b***@example.com", "suppressed"),
     ]
     assert {d["instance"] for d in lines(captured)} == {"inst-1"}
@@ -207,7 +205,6 @@ def test_a_real_run_logs_every_transition_as_json_without_secrets_or_addresses(
     for r in records:
         by_event.setdefault(r["event"], []).append(r)
     for event in (
-        "claimed",
         "reserved",
         "transmitting",
         "sent",
@@ -219,7 +216,7 @@ def test_a_real_run_logs_every_transition_as_json_without_secrets_or_addresses(
     ):
         assert event in by_event, f"no {event!r} line in:\n{raw}"
     (instance,) = {r[0] for r in sql_rows(db_url, "SELECT id FROM sender_instance")}
-    for event in ("claimed", "reserved", "transmitting", "sent", "deferred", "failed", "unknown"):
+    for event in ("reserved", "transmitting", "sent", "deferred", "failed", "unknown"):
         for r in by_event[event]:
             assert r["campaign"] == CAMPAIGN and r["instance"] == instance, r
             assert isinstance(r["enrollment_id"], int) and isinstance(r["attempt"], int), r
