@@ -53,7 +53,7 @@ test: venv chromium
 # crashes and SMTP faults on SQLite, then PostgreSQL; exit 1 on any duplicate or loss. Flags in
 # CHAOS_ARGS override the defaults, e.g. `make chaos CHAOS_ARGS='--duration 60 --seed 7'`.
 CHAOS_ARGS ?=
-CHAOS_CI_ARGS ?= --senders 4 --leads 4000 --duration 120
+CHAOS_CI_ARGS ?= --senders 4 --leads 10000 --duration 120
 chaos: venv
 	@rc=0; for backend in sqlite postgresql; do \
 		$(VENV)/bin/python scripts/chaos.py --backend $$backend --senders 8 --leads 20000 --duration 300 $(CHAOS_ARGS) || rc=1; \
@@ -75,13 +75,13 @@ bench: venv
 		$(VENV)/bin/python bench/pause.py --backend sqlite ; \
 		$(VENV)/bin/python bench/pause.py --backend postgresql'
 
-# The CI regression guard (.ci/run): ~20 s on SQLite; fails only when sendguard's rate drops below
-# BENCH_SMOKE_MIN_RATIO of the raw floor measured in the same run. Issue 5 asks for 0.5; the sender
-# measures 0.2-0.3 today (per-message CPU: message rendering, SQLAlchemy, logging; see bench/README.md),
-# so the guard sits at 0.1 (a 2-3x regression) until that is fixed, then goes up to 0.5.
-BENCH_SMOKE_MIN_RATIO ?= 0.1
+# The CI regression guard (.ci/run): ~30 s on SQLite (median of 3); fails only when sendguard's rate
+# drops below BENCH_SMOKE_MIN_RATIO of the raw floor measured in the same run. Issue 5 asks for 0.5; the
+# sender measures 0.5-0.73 today and the floor alone swings +-50% on a busy 2-core box, so 0.5 would fail
+# healthy runs: the guard sits at 0.3 (a 2x regression) until the ratio is near 1.0 (bench/README.md).
+BENCH_SMOKE_MIN_RATIO ?= 0.3
 bench-smoke: venv
-	$(VENV)/bin/python bench/throughput.py --backend sqlite --senders 1 --leads 2000 --repeat 1 \
+	$(VENV)/bin/python bench/throughput.py --backend sqlite --senders 1 --leads 3000 --repeat 3 \
 		--min-ratio $(BENCH_SMOKE_MIN_RATIO)
 
 lint: venv
