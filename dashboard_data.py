@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time as time_module
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
@@ -28,11 +29,11 @@ from zoneinfo import ZoneInfo
 
 import pandas as pd
 from filelock import FileLock, Timeout
-from sqlalchemy import Engine, Integer, String, bindparam, text
+from sqlalchemy import Connection, Engine, Integer, String, bindparam, text
 from sqlmodel.sql.sqltypes import UTCDateTime
 
 import reports
-from sender.clock import DatabaseClock
+from sender.clock import RESYNC_SECONDS, DatabaseClock
 from sender.config import Settings
 from sender.locks import SenderFileLock
 
@@ -46,9 +47,21 @@ CAMPAIGN_NAMES_LIMIT = 1000
 ETA_HORIZON_DAYS = 366
 
 
+# One clock per engine, kept as each sender keeps its own: sampled from the server every
+# sender.clock.RESYNC_SECONDS and advanced with the monotonic clock in between, so a page's time range
+# costs no round trip (on PostgreSQL, a pool checkout and a query per script run before).
+# Per engine: (server time, local monotonic time) of the last sample; weak keys and no reference back,
+# so a disposed engine is not kept alive with its pool.
+_CLOCK_SAMPLES: weakref.WeakKeyDictionary[Engine, tuple[datetime, float]] = weakref.WeakKeyDictionary()
+
+
 def db_now(engine: Engine) -> datetime:
     """The database's clock (DESIGN.md: leases, pacing and windows use it, never the host's)."""
-    return DatabaseClock(engine).now()
+    sample = _CLOCK_SAMPLES.get(engine)
+    if sample is None or time_module.monotonic() - sample[1] > RESYNC_SECONDS:
+        # two script threads racing here each sample once: harmless, both samples are right
+        sample = _CLOCK_SAMPLES[engine] = (DatabaseClock(engine).now(), time_module.monotonic())
+    return sample[0] + timedelta(seconds=time_module.monotonic() - sample[1])
 
 
 # --- Campaigns -----------------------------------------------------------------------------------
@@ -81,7 +94,7 @@ _EVENT_TYPES = dict(time=_TS, campaign=String, kind=String, actor=String, reason
 def campaign_events(engine: Engine, campaign: str | None = None, limit: int = EVENTS_LIMIT) -> pd.DataFrame:
     where = "WHERE e.campaign_id = (SELECT id FROM campaign WHERE name = :campaign)" if campaign else ""
     stmt = text(_EVENTS.format(where=where)).columns(**_EVENT_TYPES)
-    with engine.connect() as conn:
+    with reports.reading(engine) as conn:
         rows = conn.execute(stmt, {"campaign": campaign, "limit": int(limit)}).all()
     return pd.DataFrame([tuple(r) for r in rows], columns=EVENT_COLUMNS)  # see reports._frame
 
@@ -91,7 +104,7 @@ _NAMES = text("SELECT name FROM campaign ORDER BY name LIMIT :limit")
 
 def campaign_names(engine: Engine) -> list[str]:
     """For the pickers: campaign names (unique index on campaign.name)."""
-    with engine.connect() as conn:
+    with reports.reading(engine) as conn:
         return list(conn.execute(_NAMES, {"limit": CAMPAIGN_NAMES_LIMIT}).scalars())
 
 
@@ -280,12 +293,13 @@ def load_timeline_data(
     """Timeline page: attempts per bucket by outcome and by sender instance over [since, until).
     Raises reports.TooManyBuckets when the bucket is too small for the range."""
     kwargs = dict(campaign=campaign, bucket_seconds=bucket_seconds, since=since, until=until)
-    return TimelineData(
-        # all campaigns: summed in SQL (the chart stacks outcomes, not campaigns)
-        by_outcome=reports.sends_timeline(engine, by="outcome" if campaign else "total", **kwargs),  # type: ignore[arg-type]
-        by_instance=reports.sends_timeline(engine, by="instance", **kwargs),  # type: ignore[arg-type]
-        bucket_seconds=bucket_seconds,
-    )
+    with reports.reading(engine) as conn:  # one pool checkout for both reads
+        return TimelineData(
+            # all campaigns: summed in SQL (the chart stacks outcomes, not campaigns)
+            by_outcome=reports.sends_timeline(conn, by="outcome" if campaign else "total", **kwargs),  # type: ignore[arg-type]
+            by_instance=reports.sends_timeline(conn, by="instance", **kwargs),  # type: ignore[arg-type]
+            bucket_seconds=bucket_seconds,
+        )
 
 
 # --- Duplicates ----------------------------------------------------------------------------------
@@ -314,16 +328,30 @@ def load_duplicates_data(
     numbers as `sendguard report duplicates --json --since/--until`), buckets with
     the sender instances active in each, attribution per instance and the drill-down rows of `kind`.
     Raises UsageError for an unknown label or campaign (a typo must not read as "no duplicates")."""
-    reports.check_source(engine, source, campaign)
+    with reports.reading(engine) as conn:  # one pool checkout for the page's reads
+        return _duplicates_data(conn, source, campaign, bucket_seconds, kind, detail_limit, since, until)
+
+
+def _duplicates_data(
+    conn: Connection,
+    source: reports.Source,
+    campaign: str | None,
+    bucket_seconds: int,
+    kind: str,
+    detail_limit: int,
+    since: datetime | None,
+    until: datetime | None,
+) -> DuplicatesData:
+    reports.check_source(conn, source, campaign)
     span = {"since": since, "until": until}
     summary = reports.duplicate_summary(
-        engine, source, campaign=campaign, bucket_seconds=bucket_seconds, **span
+        conn, source, campaign=campaign, bucket_seconds=bucket_seconds, **span
     )
     buckets = pd.DataFrame(summary["buckets"], columns=["start", "sends", "duplicate_sends", "instances"])
     buckets = buckets.rename(columns={"start": "bucket"})
-    buckets["bucket"] = pd.to_datetime(buckets["bucket"], utc=True)
+    buckets["bucket"] = pd.to_datetime(buckets["bucket"], utc=True, format="ISO8601")
     prevented = (
-        reports.prevented_timeline(engine, campaign, bucket_seconds, since, until)
+        reports.prevented_timeline(conn, campaign, bucket_seconds, since, until)
         if source.live
         else pd.DataFrame(columns=["bucket", "campaign", "instance", "prevented"])
     )
@@ -331,9 +359,9 @@ def load_duplicates_data(
         summary=summary,
         buckets=buckets,
         prevented=prevented,
-        by_instance=reports.duplicates_by_instance(engine, source, campaign, **span),
+        by_instance=reports.duplicates_by_instance(conn, source, campaign, **span),
         details=reports.duplicate_details(
-            engine,
+            conn,
             source,
             kind,  # type: ignore[arg-type]
             limit=detail_limit,
@@ -402,7 +430,7 @@ def load_senders_data(
     lease, the rule of `sendguard status`), stale (not stopped, heartbeat older: crashed or hung; its
     claims are reaped once their lease expires) or stopped."""
     now = now or db_now(engine)
-    with engine.connect() as conn:
+    with reports.reading(engine) as conn:
         rows = conn.execute(_SENDERS, {"since": now - timedelta(days=1), "limit": int(limit)}).all()
     out = []
     for r in rows:
@@ -653,7 +681,7 @@ LIMIT :limit
 
 def load_review_data(engine: Engine, limit: int = REVIEW_LIMIT) -> ReviewData:
     """Review page: `unknown` sends (possibly delivered) with their SMTP context, oldest first."""
-    with engine.connect() as conn:
+    with reports.reading(engine) as conn:
         rows = conn.execute(_UNKNOWN, {"limit": int(limit)}).all()
     total = int(rows[0].total) if rows else 0
     return ReviewData(unknown=pd.DataFrame([r[:-1] for r in rows], columns=REVIEW_COLUMNS), total=total)

@@ -238,6 +238,14 @@ class Suppression(SQLModel, table=True):
     created_at: datetime
 
 
+# (index, flag, columns) of ImportedSendLog's partial indexes, as migration 0004 creates them.
+_IMPORTED_FLAGGED = (
+    ("ix_imported_repeats", "key_repeats", ("label", "campaign", "lead", "step", "sent_at")),
+    ("ix_imported_shared", "address_shared", ("label", "address", "campaign", "step", "sent_at")),
+    ("ix_imported_multi_campaign", "address_multi_campaign", ("label", "address", "sent_at")),
+)
+
+
 class ImportedSendLog(SQLModel, table=True):
     """Another system's SendLog, imported for duplicate analysis only (deliberately no unique key)."""
 
@@ -246,6 +254,11 @@ class ImportedSendLog(SQLModel, table=True):
         Index("ix_imported_label_time", "label", "sent_at"),
         # The duplicate reports group and join an imported log on its key.
         Index("ix_imported_key", "label", "campaign", "lead", "step", "sent_at"),
+        # Only the flagged rows can be duplicates of each kind (migration 0004): tiny partial indexes.
+        *(
+            Index(name, *columns, postgresql_where=text(flag), sqlite_where=text(flag))
+            for name, flag, columns in _IMPORTED_FLAGGED
+        ),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -260,3 +273,10 @@ class ImportedSendLog(SQLModel, table=True):
     host: str | None = Field(default=None, max_length=255)
     pid: int | None = None
     instance: str | None = Field(default=None, max_length=200)
+    # Computed once at import (sendlog_import.derive_columns; migration 0004 for older rows), over the
+    # whole label: an imported log never changes after its import.
+    address: str = Field(max_length=320)  # the normalized email, else the lead id
+    is_send: bool  # no status, or a delivered one (sendlog_import.DELIVERED_STATUSES)
+    key_repeats: bool  # (campaign, lead, step) has more than one row in the label
+    address_shared: bool  # the address has more than one lead record in the label
+    address_multi_campaign: bool  # the address is reached by more than one campaign in the label

@@ -12,8 +12,8 @@ label (`Source.imported(label)`). Both are reduced to the same `sends` CTE, one 
   its `instance_id`, host and pid;
 - imported: an imported_send_log row whose status is empty/NULL (the original SendLog had no status:
   a row meant "sent") or one of sendlog_import.DELIVERED_STATUSES (sent, delivered, success, ...,
-  unknown), timed by `sent_at`, attributed to `instance`, else `host:pid`, else `host` (none: 0
-  instances, i.e. not recorded).
+  unknown; stored per row as `is_send` at import), timed by `sent_at`, attributed to `instance`, else
+  `host:pid`, else `host` (none: 0 instances, i.e. not recorded).
 
 Definitions (CLI.md, "report duplicates"): key = (campaign, lead, step); a send's copy number is its
 rank among its key's sends ordered by time, then id; a duplicate send is every copy after the first.
@@ -23,8 +23,8 @@ copy (its first duplicate), so exact + cross_variant = affected_leads as well. `
 normalized address reached through several lead records within one campaign+step: sends through any
 lead record other than the group's first one; `cross_campaign` = one address sent by several
 campaigns: sends from any campaign other than the first to reach it; for both, affected_leads counts
-the groups concerned; an imported row's address is its email, else its lead id. `prevented` =
-campaign_event rows of kind `duplicate_prevented` (live only).
+the groups concerned; an imported row's address is its normalized email, else its lead id (stored
+at import as `address`). `prevented` = campaign_event rows of kind `duplicate_prevented` (live only).
 Times are UTC; buckets are aligned to the Unix epoch in SQL and returned as epoch seconds or aware
 datetimes.
 """
@@ -32,19 +32,24 @@ datetimes.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
+import numpy as np
 import pandas as pd
-from sqlalchemy import Engine, Float, Integer, String, TextClause, bindparam, text
+from sqlalchemy import Connection, Engine, Float, Integer, String, TextClause, bindparam, text
 from sqlmodel.sql.sqltypes import UTCDateTime
 
 from sender.errors import UsageError
-from sender.sendlog_import import DELIVERED_STATUSES
 
 _TS = UTCDateTime()
+
+# Every function takes an Engine, or a Connection to share one pool checkout (and its pre-ping) between
+# the several reads of one page load.
+Bind = Engine | Connection
 
 MAX_BUCKETS = 10_000  # rows any bucketed report may return before asking for a larger bucket
 MAX_DETAIL_ROWS = 10_000  # ceiling on duplicate_details(limit=...)
@@ -80,6 +85,20 @@ class Source:
 LIVE = Source()
 
 
+@contextmanager
+def reading(bind: Bind) -> Iterator[Connection]:
+    """A connection for report queries: the given one, else a new one from the engine, on PostgreSQL in
+    autocommit: the reports only read, one statement per call (READ COMMITTED gives each statement its
+    own snapshot in a transaction too), so a BEGIN and a ROLLBACK would be two round trips for nothing."""
+    if isinstance(bind, Connection):
+        yield bind
+        return
+    with bind.connect() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execution_options(isolation_level="AUTOCOMMIT")
+        yield conn
+
+
 # --- SQL building blocks -------------------------------------------------------------------------
 # Statements are templates whose {placeholders} are filled only with the constant fragments below,
 # chosen by dialect and source; every value from a caller travels as a bound parameter.
@@ -90,11 +109,11 @@ LIVE = Source()
 # lead in several campaigns) the overlapping part of the log.
 
 
-def _sqlite_version(engine: Engine) -> tuple[int, ...]:
+def _sqlite_version(engine: Bind) -> tuple[int, ...]:
     return tuple(getattr(engine.dialect.dbapi, "sqlite_version_info", (0,)))
 
 
-def _bucket(engine: Engine, column: str) -> str:
+def _bucket(engine: Bind, column: str) -> str:
     """Epoch seconds of the start of the :b-second bucket holding `column`, aligned to the Unix epoch."""
     if engine.dialect.name == "sqlite":
         # SQLAlchemy stores 'YYYY-MM-DD HH:MM:SS.ffffff' in UTC. SQLite's date functions round the
@@ -109,17 +128,13 @@ def _bucket(engine: Engine, column: str) -> str:
     return f"CAST(floor(extract(epoch FROM {column}) / :b) * :b AS BIGINT)"
 
 
-def _inline(engine: Engine) -> str:
+def _inline(engine: Bind) -> str:
     # A CTE referenced twice is materialized by default on both backends (a copy of every send); NOT
     # MATERIALIZED (PostgreSQL 12+, SQLite 3.35+) lets each reference use its own plan and indexes.
     if engine.dialect.name == "sqlite" and _sqlite_version(engine) < (3, 35):
         return ""
     return "NOT MATERIALIZED"
 
-
-_IMPORTED_SEND = "coalesce(lower(trim(i.status)), '') IN ('', {statuses})".format(
-    statuses=", ".join(f"'{s}'" for s in DELIVERED_STATUSES)
-)
 
 # Addresses. Live lead emails are stored normalized and unique, so an address is normally one lead
 # record; `canon` maps the rare records that share one (written raw by another tool) to the lowest id
@@ -166,15 +181,16 @@ _LIVE_SENDS = """sends AS {inline} (
 )"""
 _LIVE_CAMPAIGN = "AND sl.campaign_id = (SELECT id FROM campaign WHERE name = :campaign)"
 
+# `address`, `is_send` and the three candidate flags were computed once at import (models.ImportedSendLog,
+# migration 0004): an imported log never changes afterwards.
 _IMPORTED_SENDS = """sends AS {inline} (
     SELECT i.id, i.campaign AS campaign_key, i.campaign, i.lead AS lead_key, i.lead,
-           coalesce(lower(trim(i.email)), i.lead) AS address,
-           coalesce(lower(trim(i.email)), i.lead) AS address_key,
+           i.address, i.address AS address_key,
            i.step, i.variant, i.sent_at AS ts, {bucket} AS bucket,
            coalesce(i.instance, i.host || ':' || CAST(i.pid AS VARCHAR(20)), i.host) AS instance,
-           i.host, i.pid
+           i.host, i.pid, i.key_repeats, i.address_shared, i.address_multi_campaign
     FROM imported_send_log AS i
-    WHERE i.label = :label AND {is_send} {campaign_filter} {time_filter}
+    WHERE i.label = :label AND i.is_send {campaign_filter} {time_filter}
 )"""
 _IMPORTED_CAMPAIGN = "AND i.campaign = :campaign"
 
@@ -188,24 +204,9 @@ _LIVE_DUP_KEYS = """dup_keys AS {materialized} (
     GROUP BY campaign_id, lead_id, step
     HAVING count(*) > 1
 )"""
-_IMPORTED_DUP_KEYS = """dup_keys AS {materialized} (
-    SELECT campaign AS campaign_key, lead AS lead_key, step
-    FROM imported_send_log AS i
-    WHERE label = :label {campaign_filter} {time_filter}
-    GROUP BY campaign, lead, step
-    HAVING count(*) > 1
-)"""
 
 # Lead records that share their address with another record: the only source of address duplicates.
 _LIVE_SHARED_LEADS = "shared_leads AS (SELECT lead_id AS lead_key FROM canon)"
-_IMPORTED_SHARED_LEADS = """shared_leads AS (
-    SELECT DISTINCT lead AS lead_key FROM imported_send_log AS i
-    WHERE label = :label {time_filter} AND coalesce(lower(trim(email)), lead) IN (
-        SELECT coalesce(lower(trim(email)), lead) FROM imported_send_log AS i
-        WHERE label = :label {time_filter}
-        GROUP BY coalesce(lower(trim(email)), lead) HAVING count(DISTINCT lead) > 1
-    )
-)"""
 
 
 # Lead records an address sent by several campaigns can come from: records sent by more than one
@@ -216,14 +217,6 @@ _LIVE_MULTI_LEADS = """multi_leads AS (
     WHERE status IN ('sent', 'unknown') {time_filter}
     GROUP BY lead_id
     HAVING min(campaign_id) <> max(campaign_id)
-    UNION
-    SELECT lead_key FROM shared_leads
-)"""
-_IMPORTED_MULTI_LEADS = """multi_leads AS (
-    SELECT lead AS lead_key FROM imported_send_log AS i
-    WHERE label = :label {time_filter}
-    GROUP BY lead
-    HAVING min(campaign) <> max(campaign)
     UNION
     SELECT lead_key FROM shared_leads
 )"""
@@ -251,12 +244,15 @@ class Span:
 ALL_TIME = Span()
 
 
-def _fragments(engine: Engine, source: Source, campaign: str | None, span: Span = ALL_TIME) -> dict[str, str]:
+def _fragments(engine: Bind, source: Source, campaign: str | None, span: Span = ALL_TIME) -> dict[str, str]:
     """The constant SQL pieces of one (dialect, source, campaign filter, span): `prelude` (CTEs the others
     need, ending in a comma, or empty), `sends` (filtered by campaign), `sends_all` (never filtered by
-    campaign), `dup_keys`, `shared_leads`, `multi_leads` and `campaign_key` (a condition naming the
-    filtered campaign, or TRUE). Every read of a send log is limited to the span, so a report over a
-    recent span costs a range scan of ix_send_log_time / ix_imported_label_time, whatever the log's size."""
+    campaign), the candidates of each window (`key_ctes` + `key_candidates`: the sends of keys that may
+    repeat; `address_ctes` + `address_candidates`: of addresses that may have several lead records;
+    `cross_ctes` + `cross_candidates`: of addresses that may have several campaigns; each *_ctes is empty
+    or CTEs ending in a comma) and `campaign_key` (a condition naming the filtered campaign, or TRUE).
+    Every read of a send log is limited to the span, so a report over a recent span costs a range scan
+    of ix_send_log_time / ix_imported_label_time, whatever the log's size."""
     inline = _inline(engine)
     # Small candidate sets are computed once: PostgreSQL's parallel workers would otherwise each
     # rebuild an inlined one for their hash join.
@@ -271,28 +267,40 @@ def _fragments(engine: Engine, source: Source, campaign: str | None, span: Span 
         # 0.1 s, with or without ANALYZE. A recent range is what the pages ask for, so name the index.
         ti = "INDEXED BY ix_send_log_time" if engine.dialect.name == "sqlite" and span.since else ""
         fill = {"campaign_filter": cf, "time_filter": tf, "time_index": ti}
+        shared_leads = _LIVE_SHARED_LEADS + ",\n"
         return {
             "prelude": _LIVE_CANON,
             "sends": _LIVE_SENDS.format(inline=inline, bucket=bucket, **fill),
             "sends_all": _LIVE_SENDS.format(inline=inline, bucket=bucket, **(fill | {"campaign_filter": ""})),
-            "dup_keys": _LIVE_DUP_KEYS.format(materialized=materialized, **fill),
-            "shared_leads": _LIVE_SHARED_LEADS,
-            "multi_leads": _LIVE_MULTI_LEADS.format(time_filter=tf, time_index=ti),
+            "key_ctes": _LIVE_DUP_KEYS.format(materialized=materialized, **fill) + ",\n",
+            "key_candidates": "JOIN dup_keys AS k "
+            "ON k.campaign_key = s.campaign_key AND k.lead_key = s.lead_key AND k.step = s.step",
+            "address_ctes": shared_leads,
+            "address_candidates": "s.lead_key IN (SELECT lead_key FROM shared_leads)",
+            "cross_ctes": shared_leads + _LIVE_MULTI_LEADS.format(time_filter=tf, time_index=ti) + ",\n",
+            "cross_candidates": "lead_key IN (SELECT lead_key FROM multi_leads)",
             "campaign_key": (
                 "campaign_key = (SELECT id FROM campaign WHERE name = :campaign)" if campaign else "1 = 1"
             ),
         }
+    # Imported: the candidate flags were computed at import over the whole label, every status and
+    # time (models.ImportedSendLog), so they mark a superset of the candidates of any span or campaign;
+    # each is constant over its window's partition (a key; an address), so every partition a window
+    # sees is complete. Each bare flag is its partial index's predicate: the windows read only the
+    # flagged rows, through ix_imported_repeats / ix_imported_shared / ix_imported_multi_campaign.
     cf = _IMPORTED_CAMPAIGN if campaign else ""
     bucket = _bucket(engine, "i.sent_at")
     tf = span.filter("i.sent_at")
-    sends = _IMPORTED_SENDS.replace("{is_send}", _IMPORTED_SEND)
     return {
         "prelude": "",
-        "sends": sends.format(inline=inline, bucket=bucket, campaign_filter=cf, time_filter=tf),
-        "sends_all": sends.format(inline=inline, bucket=bucket, campaign_filter="", time_filter=tf),
-        "dup_keys": _IMPORTED_DUP_KEYS.format(materialized=materialized, campaign_filter=cf, time_filter=tf),
-        "shared_leads": _IMPORTED_SHARED_LEADS.format(time_filter=tf),
-        "multi_leads": _IMPORTED_MULTI_LEADS.format(time_filter=tf),
+        "sends": _IMPORTED_SENDS.format(inline=inline, bucket=bucket, campaign_filter=cf, time_filter=tf),
+        "sends_all": _IMPORTED_SENDS.format(inline=inline, bucket=bucket, campaign_filter="", time_filter=tf),
+        "key_ctes": "",
+        "key_candidates": "WHERE s.key_repeats",
+        "address_ctes": "",
+        "address_candidates": "s.address_shared",
+        "cross_ctes": "",
+        "cross_candidates": "address_multi_campaign",
         "campaign_key": "campaign_key = :campaign" if campaign else "1 = 1",
     }
 
@@ -311,7 +319,11 @@ def _statement(sql: str, span: Span) -> TextClause:
 def _frame(rows: Sequence[Any], columns: list[str], dtype: str | None = None) -> pd.DataFrame:
     """A DataFrame of result rows. Plain tuples: given SQLAlchemy Row objects, pandas probes each row for
     attributes (hasattr -> Row's key lookup -> a raised and caught KeyError per row), ~20 ms per 1,000
-    rows, which made small reports twice as slow as their SQL."""
+    rows, which made small reports twice as slow as their SQL. With a numeric dtype, through one numpy
+    array: pandas converts a list of tuples column by column through object arrays (~9 ms for the
+    3,000 x 8 integers of a 10-minute bucket report over 20 days, against ~1 ms)."""
+    if dtype is not None and rows:
+        return pd.DataFrame(np.array([tuple(r) for r in rows], dtype=dtype), columns=columns)
     return pd.DataFrame([tuple(r) for r in rows], columns=columns, dtype=dtype)
 
 
@@ -319,13 +331,36 @@ def _utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def _epoch_to_datetime(df: pd.DataFrame, column: str = "bucket") -> pd.DataFrame:
-    df[column] = pd.to_datetime(df[column].astype("int64"), unit="s", utc=True)
-    return df
+def _epoch_datetimes(epochs: Any) -> pd.DatetimeIndex:
+    """Epoch seconds -> aware UTC datetimes: what pd.to_datetime(..., unit="s", utc=True) returns
+    (datetime64[us, UTC]) at a quarter of its cost."""
+    micros = (np.asarray(epochs, dtype="int64") * 1_000_000).astype("datetime64[us]")
+    return pd.DatetimeIndex(micros).tz_localize("UTC")
+
+
+def _bucket_frame(rows: Sequence[Any], columns: list[str]) -> pd.DataFrame:
+    """_frame with the `bucket` column (epoch seconds) as aware UTC datetimes, built column by column:
+    converting the column of a built frame (to_datetime, then a column assignment) cost more than the
+    frame itself, which counted against the sub-50 ms Timeline loads."""
+    if not rows:
+        df = _frame(rows, columns)
+        df["bucket"] = _epoch_datetimes(df["bucket"].to_numpy(dtype="int64"))
+        return df
+    data: dict[str, Any] = {}
+    for name, values in zip(columns, zip(*rows, strict=True), strict=True):
+        data[name] = _epoch_datetimes(values) if name == "bucket" else list(values)
+    return pd.DataFrame(data)
 
 
 def iso_epoch(epoch: int | None) -> str | None:
     return None if epoch is None else datetime.fromtimestamp(int(epoch), UTC).isoformat()
+
+
+def _iso_epochs(epochs: pd.Series) -> list[str]:
+    """iso_epoch of each epoch second (1970 to 9999), in C: a Python datetime per bucket cost ~10 ms
+    per 1,000 buckets."""
+    whole = np.datetime_as_string(epochs.to_numpy(dtype="int64").astype("datetime64[s]"), unit="s")
+    return [f"{t}+00:00" for t in whole.tolist()]
 
 
 def _check_bucket_rows(n_rows: int, limit: int, bucket_seconds: int) -> None:
@@ -383,9 +418,9 @@ FROM imported_send_log GROUP BY label ORDER BY label
 """).columns(label=String, rows=Integer, first_at=_TS, last_at=_TS)
 
 
-def imported_labels(engine: Engine) -> pd.DataFrame:
+def imported_labels(engine: Bind) -> pd.DataFrame:
     """One row per imported log: label, rows, first_at, last_at."""
-    with engine.connect() as conn:
+    with reading(engine) as conn:
         rows = conn.execute(_LABELS).all()
     return _frame(rows, columns=["label", "rows", "first_at", "last_at"])
 
@@ -399,9 +434,9 @@ SELECT
 _CHECK_LIVE = text("SELECT count(*) FROM campaign WHERE name = :campaign")
 
 
-def check_source(engine: Engine, source: Source, campaign: str | None = None) -> None:
+def check_source(engine: Bind, source: Source, campaign: str | None = None) -> None:
     """UsageError when the label or campaign does not exist, so a typo never reads as "no duplicates"."""
-    with engine.connect() as conn:
+    with reading(engine) as conn:
         if source.live:
             if campaign is not None and not conn.execute(_CHECK_LIVE, {"campaign": campaign}).scalar_one():
                 raise UsageError(f"no campaign named {campaign!r} (see `sendguard campaign list`)")
@@ -426,13 +461,12 @@ def check_source(engine: Engine, source: Source, campaign: str | None = None) ->
 # copies > 1, so the window runs over dup_keys' sends alone; `totals` counts every send once.
 _DUPLICATE_BUCKETS = """
 WITH {prelude}{sends},
-{dup_keys},
-ranked AS (
+{key_ctes}ranked AS (
     SELECT s.bucket, s.variant,
            ROW_NUMBER() OVER w AS copy,
            FIRST_VALUE(s.variant) OVER w AS first_variant
     FROM sends AS s
-    JOIN dup_keys AS k ON k.campaign_key = s.campaign_key AND k.lead_key = s.lead_key AND k.step = s.step
+    {key_candidates}
     WINDOW w AS (PARTITION BY s.campaign_key, s.lead_key, s.step ORDER BY s.ts, s.id)
 ),
 classified AS (
@@ -473,7 +507,7 @@ BUCKET_COLUMNS = ["bucket", "sends", "duplicate_sends", "exact_sends", "cross_va
 
 
 def duplicate_buckets(
-    engine: Engine,
+    engine: Bind,
     source: Source = LIVE,
     campaign: str | None = None,
     bucket_seconds: int = 600,
@@ -490,7 +524,7 @@ def duplicate_buckets(
     sql = _DUPLICATE_BUCKETS.format(**_fragments(engine, source, campaign, span))
     stmt = _statement(sql, span).columns(**dict.fromkeys(BUCKET_COLUMNS, Integer))
     params = _params(source, campaign, bucket_seconds, span, max_rows=max_buckets + 1)
-    with engine.connect() as conn:
+    with reading(engine) as conn:
         rows = conn.execute(stmt, params).all()
     _check_bucket_rows(len(rows), max_buckets, bucket_seconds)
     return _frame(rows, columns=BUCKET_COLUMNS, dtype="int64")
@@ -501,14 +535,13 @@ def duplicate_buckets(
 # Only records sharing their address with another record (shared_leads) can produce one.
 _ADDRESS = """
 WITH {prelude}{sends},
-{shared_leads},
-ranked AS (
+{address_ctes}ranked AS (
     SELECT s.campaign_key, s.step, s.address_key, s.lead_key,
            FIRST_VALUE(s.lead_key) OVER (
                PARTITION BY s.address_key, s.campaign_key, s.step ORDER BY s.ts, s.id
            ) AS first_lead
     FROM sends AS s
-    WHERE s.lead_key IN (SELECT lead_key FROM shared_leads)
+    WHERE {address_candidates}
 ),
 groups AS (
     SELECT sum(CASE WHEN lead_key <> first_lead THEN 1 ELSE 0 END) AS extra
@@ -524,13 +557,11 @@ SELECT coalesce(sum(extra), 0), coalesce(sum(CASE WHEN extra > 0 THEN 1 ELSE 0 E
 # still sees every campaign).
 _CROSS_CAMPAIGN = """
 WITH {prelude}{sends_all},
-{shared_leads},
-{multi_leads},
-ranked AS (
+{cross_ctes}ranked AS (
     SELECT address_key, campaign_key,
            FIRST_VALUE(campaign_key) OVER (PARTITION BY address_key ORDER BY ts, id) AS first_campaign
     FROM sends
-    WHERE lead_key IN (SELECT lead_key FROM multi_leads)
+    WHERE {cross_candidates}
 )
 SELECT coalesce(sum(CASE WHEN campaign_key <> first_campaign THEN 1 ELSE 0 END), 0),
        count(DISTINCT CASE WHEN campaign_key <> first_campaign THEN address_key END)
@@ -550,21 +581,21 @@ FROM (
 """
 
 
-def _two_counts(engine: Engine, sql: str, params: dict, span: Span = ALL_TIME) -> dict[str, int]:
-    with engine.connect() as conn:
+def _two_counts(engine: Bind, sql: str, params: dict, span: Span = ALL_TIME) -> dict[str, int]:
+    with reading(engine) as conn:
         sends, affected = conn.execute(_statement(sql, span), params).one()
     return {"duplicate_sends": int(sends), "affected_leads": int(affected)}
 
 
 def _kind_counts(
-    engine: Engine, template: str, source: Source, campaign: str | None, span: Span
+    engine: Bind, template: str, source: Source, campaign: str | None, span: Span
 ) -> dict[str, int]:
     sql = template.format(**_fragments(engine, source, campaign, span))
     return _two_counts(engine, sql, _params(source, campaign, span=span), span)
 
 
 def address_duplicates(
-    engine: Engine,
+    engine: Bind,
     source: Source = LIVE,
     campaign: str | None = None,
     *,
@@ -576,7 +607,7 @@ def address_duplicates(
 
 
 def cross_campaign_duplicates(
-    engine: Engine,
+    engine: Bind,
     source: Source = LIVE,
     campaign: str | None = None,
     *,
@@ -588,7 +619,7 @@ def cross_campaign_duplicates(
 
 
 def prevented_duplicates(
-    engine: Engine,
+    engine: Bind,
     source: Source = LIVE,
     campaign: str | None = None,
     *,
@@ -609,7 +640,7 @@ def prevented_duplicates(
 
 
 def duplicate_summary(
-    engine: Engine,
+    engine: Bind,
     source: Source = LIVE,
     campaign: str | None = None,
     bucket_seconds: int = 600,
@@ -646,13 +677,14 @@ def duplicate_summary(
             "prevented": prevented_duplicates(engine, source, campaign, **span),
         },
         "buckets": [
-            {
-                "start": iso_epoch(b.bucket),
-                "sends": int(b.sends),
-                "duplicate_sends": int(b.duplicate_sends),
-                "instances": int(b.instances),
-            }
-            for b in buckets.itertuples(index=False)
+            {"start": start, "sends": sends, "duplicate_sends": dups, "instances": instances}
+            for start, sends, dups, instances in zip(
+                _iso_epochs(buckets["bucket"]),
+                buckets["sends"].tolist(),
+                buckets["duplicate_sends"].tolist(),
+                buckets["instances"].tolist(),
+                strict=True,
+            )
         ],
     }
 
@@ -661,12 +693,11 @@ def duplicate_summary(
 # from the window over the candidate keys only, as in _DUPLICATE_BUCKETS.
 _BY_INSTANCE = """
 WITH {prelude}{sends},
-{dup_keys},
-ranked AS (
+{key_ctes}ranked AS (
     SELECT s.instance,
            ROW_NUMBER() OVER (PARTITION BY s.campaign_key, s.lead_key, s.step ORDER BY s.ts, s.id) AS copy
     FROM sends AS s
-    JOIN dup_keys AS k ON k.campaign_key = s.campaign_key AND k.lead_key = s.lead_key AND k.step = s.step
+    {key_candidates}
 ),
 dups AS (
     SELECT coalesce(instance, '') AS instance_key, count(*) AS duplicate_sends
@@ -689,7 +720,7 @@ INSTANCE_COLUMNS = ["instance", "host", "pid", "sends", "duplicate_sends", "firs
 
 
 def duplicates_by_instance(
-    engine: Engine,
+    engine: Bind,
     source: Source = LIVE,
     campaign: str | None = None,
     limit: int = 100,
@@ -703,7 +734,7 @@ def duplicates_by_instance(
     sql = _BY_INSTANCE.format(**_fragments(engine, source, campaign, span))
     stmt = _statement(sql, span).columns(instance=String, host=String, pid=Integer, sends=Integer, duplicate_sends=Integer,
                              first_at=_TS, last_at=_TS)  # fmt: skip
-    with engine.connect() as conn:
+    with reading(engine) as conn:
         rows = conn.execute(
             stmt, _params(source, campaign, span=span, limit=min(limit, MAX_DETAIL_ROWS))
         ).all()
@@ -723,8 +754,7 @@ _DETAIL_TYPES = dict(campaign=String, lead=String, email=String, step=Integer, c
 # second copy's values reach every row of its key through a whole-partition frame (no self-join).
 _DETAILS_KEY = """
 WITH {prelude}{sends},
-{dup_keys},
-ranked AS (
+{key_ctes}ranked AS (
     SELECT s.*,
            ROW_NUMBER() OVER w AS copy,
            FIRST_VALUE(s.variant) OVER w AS first_variant,
@@ -732,7 +762,7 @@ ranked AS (
            NTH_VALUE(s.ts, 2) OVER whole AS first_duplicate_at,
            NTH_VALUE(s.id, 2) OVER whole AS first_duplicate_id
     FROM sends AS s
-    JOIN dup_keys AS k ON k.campaign_key = s.campaign_key AND k.lead_key = s.lead_key AND k.step = s.step
+    {key_candidates}
     WINDOW w AS (PARTITION BY s.campaign_key, s.lead_key, s.step ORDER BY s.ts, s.id),
            whole AS (PARTITION BY s.campaign_key, s.lead_key, s.step ORDER BY s.ts, s.id
                      ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)
@@ -749,13 +779,12 @@ LIMIT :limit
 # through a record other than the first one are the duplicates (as in _ADDRESS).
 _DETAILS_ADDRESS = """
 WITH {prelude}{sends},
-{shared_leads},
-ranked AS (
+{address_ctes}ranked AS (
     SELECT s.*,
            ROW_NUMBER() OVER w AS copy,
            FIRST_VALUE(s.lead_key) OVER w AS first_lead
     FROM sends AS s
-    WHERE s.lead_key IN (SELECT lead_key FROM shared_leads)
+    WHERE {address_candidates}
     WINDOW w AS (PARTITION BY s.address_key, s.campaign_key, s.step ORDER BY s.ts, s.id)
 ),
 groups AS (
@@ -779,14 +808,12 @@ LIMIT :limit
 # carries keys only; names are read for the page of returned rows alone (the join back on id).
 _DETAILS_CROSS_CAMPAIGN = """
 WITH {prelude}{sends_all},
-{shared_leads},
-{multi_leads},
-ranked AS (
+{cross_ctes}ranked AS (
     SELECT id, address_key, campaign_key, ts,
            ROW_NUMBER() OVER w AS copy,
            FIRST_VALUE(campaign_key) OVER w AS first_campaign
     FROM sends
-    WHERE lead_key IN (SELECT lead_key FROM multi_leads)
+    WHERE {cross_candidates}
     WINDOW w AS (PARTITION BY address_key ORDER BY ts, id)
 ),
 groups AS (
@@ -828,7 +855,7 @@ _SAME_VARIANT = "coalesce(second_variant, '') = coalesce(first_variant, '')"
 _VARIANT_FILTER = {"exact": f"AND {_SAME_VARIANT}", "cross_variant": f"AND NOT ({_SAME_VARIANT})", "any": ""}
 
 
-def _details_sql(engine: Engine, source: Source, kind: str, campaign: str | None, span: Span) -> str:
+def _details_sql(engine: Bind, source: Source, kind: str, campaign: str | None, span: Span) -> str:
     fragments = _fragments(engine, source, campaign, span)
     if kind in _VARIANT_FILTER:
         return _DETAILS_KEY.format(variant_filter=_VARIANT_FILTER[kind], **fragments)
@@ -845,7 +872,7 @@ def _details_sql(engine: Engine, source: Source, kind: str, campaign: str | None
 
 
 def duplicate_details(
-    engine: Engine,
+    engine: Bind,
     source: Source = LIVE,
     kind: Kind = "any",
     limit: int = 500,
@@ -864,7 +891,7 @@ def duplicate_details(
     sql = _details_sql(engine, source, kind, campaign, span)
     stmt = _statement(sql, span).columns(**_DETAIL_TYPES)
     limit = max(0, min(int(limit), MAX_DETAIL_ROWS))
-    with engine.connect() as conn:
+    with reading(engine) as conn:
         rows = conn.execute(stmt, _params(source, campaign, span=span, limit=limit)).all()
     df = _frame(rows, columns=DETAIL_COLUMNS[2:])
     df.insert(0, "kind", kind)
@@ -923,7 +950,7 @@ LIMIT :max_rows
 
 
 def sends_timeline(
-    engine: Engine,
+    engine: Bind,
     campaign: str | None = None,
     bucket_seconds: int = 600,
     since: datetime | None = None,
@@ -953,10 +980,10 @@ def sends_timeline(
     stmt = text(sql).bindparams(*_time_binds(since, until)).columns(**columns)
     params = {"campaign": campaign, "b": int(bucket_seconds), "max_rows": max_rows + 1}
     params |= {k: _utc(v) for k, v in (("since", since), ("until", until)) if v}
-    with engine.connect() as conn:
+    with reading(engine) as conn:
         rows = conn.execute(stmt, params).all()
     _check_bucket_rows(len(rows), max_rows, bucket_seconds)
-    return _epoch_to_datetime(_frame(rows, columns=list(columns)))
+    return _bucket_frame(rows, list(columns))
 
 
 def _time_binds(since: datetime | None, until: datetime | None) -> list:
@@ -976,7 +1003,7 @@ LIMIT :max_rows
 
 
 def prevented_timeline(
-    engine: Engine,
+    engine: Bind,
     campaign: str | None = None,
     bucket_seconds: int = 600,
     since: datetime | None = None,
@@ -995,10 +1022,10 @@ def prevented_timeline(
     stmt = text(sql).bindparams(*_time_binds(since, until)).columns(**columns)
     params = {"campaign": campaign, "b": int(bucket_seconds), "max_rows": max_rows + 1}
     params |= {k: _utc(v) for k, v in (("since", since), ("until", until)) if v}
-    with engine.connect() as conn:
+    with reading(engine) as conn:
         rows = conn.execute(stmt, params).all()
     _check_bucket_rows(len(rows), max_rows, bucket_seconds)
-    return _epoch_to_datetime(_frame(rows, columns=list(columns)))
+    return _bucket_frame(rows, list(columns))
 
 
 # One row per campaign: enrollment counts from one GROUP BY over campaign_lead (index-only on
@@ -1046,7 +1073,7 @@ OVERVIEW_TYPES = dict(name=String, status=String, queued=Integer, sending=Intege
                       paused_at=_TS)  # fmt: skip
 
 
-def campaign_overview(engine: Engine, now: datetime | None = None) -> pd.DataFrame:
+def campaign_overview(engine: Bind, now: datetime | None = None) -> pd.DataFrame:
     """One row per campaign: name, status, enrollment counts (queued, sending, sent, failed, skipped,
     unknown, enrolled), sends_last_hour (sent + unknown since now - 1h), last_attempt_at, and the pacing
     fields (daily_limit, min_interval_seconds, jitter_seconds, timezone, window_*, next_send_at) and
@@ -1054,9 +1081,9 @@ def campaign_overview(engine: Engine, now: datetime | None = None) -> pd.DataFra
     if now is None:
         from sender.clock import DatabaseClock
 
-        now = DatabaseClock(engine).now()
+        now = DatabaseClock(engine.engine if isinstance(engine, Connection) else engine).now()
     stmt = _OVERVIEW.bindparams(bindparam("since", type_=_TS)).columns(**OVERVIEW_TYPES)
-    with engine.connect() as conn:
+    with reading(engine) as conn:
         rows = conn.execute(stmt, {"since": _utc(now) - timedelta(hours=1)}).all()
     return _frame(rows, columns=list(OVERVIEW_TYPES))
 

@@ -18,7 +18,8 @@ What it writes, for --rows N (N = 1,000,000):
   overlap, and `duplicate_prevented` campaign_event rows during the incident;
 - imported_send_log: label `legacy-export` with N/10 rows of an older system (Prisma-like ids, emails,
   two hosts racing after an onset: exact and cross-variant duplicates, a few address and cross-campaign
-  ones) and label `seed-incident` (the 52-row SEED.md replay).
+  ones) and label `seed-incident` (the 52-row SEED.md replay), stored as the import stores them
+  (sender/sendlog_import.py: normalized emails, derive_columns).
 
 Loading: PostgreSQL uses COPY (psycopg `cursor.copy`), then VACUUM ANALYZE (what autovacuum does to a
 table that grew over weeks); SQLite uses executemany in large transactions on one raw connection with
@@ -52,12 +53,16 @@ from sqlalchemy.engine import make_url  # noqa: E402
 
 from models import Campaign, SenderInstance, Variant  # noqa: E402
 from sender.db import make_engine  # noqa: E402
+from sender.leads_csv import normalize_email  # noqa: E402
+from sender.sendlog_import import derive_columns  # noqa: E402
 
 N_CAMPAIGNS = 50
 N_STEPS = 4
 SLOTS = 2  # senders running at any time
 PER_SLOT = 99  # restarts over the whole range, per slot (2 x 99 + 2 twins = 200 instances)
 BATCH = 50_000
+# imported_send_log's columns computed at import (sender/sendlog_import.py: derive_columns), in this order
+DERIVED_COLUMNS = ("address", "is_send", "key_repeats", "address_shared", "address_multi_campaign")
 DAY_US = 86_400 * 1_000_000
 HOUR_US = 3_600 * 1_000_000
 
@@ -74,6 +79,7 @@ LEAD_COLUMNS = ("id", "email", "first_name", "last_name", "fields", "created_at"
 EVENT_COLUMNS = ("id", "campaign_id", "kind", "actor", "reason", "lead_id", "instance_id", "created_at")
 IMPORTED_COLUMNS = (
     "id", "label", "campaign", "lead", "email", "variant", "step", "status", "sent_at", "host", "pid", "instance",
+    *DERIVED_COLUMNS,
 )  # fmt: skip
 
 # send_log status codes in the generator
@@ -408,7 +414,19 @@ class Plan:
         return [(i + 1, *r[:-1], s) for i, (r, s) in enumerate(zip(out, stamps, strict=True))]
 
     def imported(self, backend: str) -> Iterator[tuple]:
-        """`legacy-export`: N/10 rows of an older system; `seed-incident`: SEED.md's 52 sends."""
+        """`legacy-export`: N/10 rows of an older system; `seed-incident`: SEED.md's 52 sends. Stored as
+        `sendguard sendlog import` stores them: emails normalized, statuses lower-case or NULL, and the
+        derived columns filled by the import's own derive_columns over each whole label."""
+        out = list(self._imported_raw(backend))
+        names = ("label", "campaign", "lead", "email", "step", "status")
+        rows: list[dict[str, object]] = [
+            {**dict(zip(names, r[1:5] + (r[6], r[7]), strict=True)), "email": _normalized(r[4])} for r in out
+        ]
+        derive_columns(rows)
+        for r, d in zip(out, rows, strict=True):
+            yield (*r[:4], d["email"], *r[5:], *(d[c] for c in DERIVED_COLUMNS))
+
+    def _imported_raw(self, backend: str) -> Iterator[tuple]:
         rng = np.random.default_rng(7)
         m = max(1_000, self.rows // 10)
         n_camp = 8
@@ -495,6 +513,10 @@ class Plan:
                 None,
                 None,
             )
+
+
+def _normalized(email: object) -> str | None:
+    return None if email is None else normalize_email(str(email))
 
 
 # --- loading -------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import re
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -116,6 +117,7 @@ def import_sendlog(
     zone = _zone(timezone)
     result = ImportResult(label=label, timezone=timezone)
     rows = _parse(data, source, zone, result)
+    derive_columns(rows)
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             # Two concurrent imports of one label must not both see it absent (READ COMMITTED); SQLite's
@@ -138,8 +140,32 @@ def import_sendlog(
             # without, 2.1 s with). ANALYZE is allowed inside a transaction on both; VACUUM is not.
             conn.execute(text("ANALYZE imported_send_log"))
     result.imported = len(rows)
-    result.sends = sum(1 for r in rows if r["status"] is None or r["status"] in DELIVERED_STATUSES)
+    result.sends = sum(1 for r in rows if r["is_send"])
     return result.as_json()
+
+
+def derive_columns(rows: list[dict[str, object]]) -> None:
+    """Fill, in place, the columns computed once per import (models.ImportedSendLog, migration 0004) for
+    `rows`, the whole of one label: `address`, `is_send` and the three candidate flags. The flags span
+    every row of the label whatever its status or time, so they mark a superset of the rows any duplicate
+    report over the label can need (reports.py reads only flagged rows), and each is constant over the
+    report's partition (a key, an address). Rows must hold label, campaign, lead, email (normalized or
+    None), step and status (lower-cased or None), as _row() builds them."""
+    keys: Counter[tuple[object, ...]] = Counter()
+    leads: dict[tuple[object, object], set[object]] = defaultdict(set)
+    campaigns: dict[tuple[object, object], set[object]] = defaultdict(set)
+    for r in rows:
+        r["address"] = r["email"] if r["email"] is not None else r["lead"]
+        r["is_send"] = r["status"] is None or r["status"] in DELIVERED_STATUSES
+        keys[(r["label"], r["campaign"], r["lead"], r["step"])] += 1
+        address = (r["label"], r["address"])
+        leads[address].add(r["lead"])
+        campaigns[address].add(r["campaign"])
+    for r in rows:
+        address = (r["label"], r["address"])
+        r["key_repeats"] = keys[(r["label"], r["campaign"], r["lead"], r["step"])] > 1
+        r["address_shared"] = len(leads[address]) > 1
+        r["address_multi_campaign"] = len(campaigns[address]) > 1
 
 
 # --- whole file ----------------------------------------------------------------------------------
