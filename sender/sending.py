@@ -227,7 +227,9 @@ def deliver_batch(
     conn = engine.connect()
     try:
         while True:
-            upcoming = pending[0] if pending and not (stop is not None and stop.is_set()) else None
+            # An authentication failure ends the batch: every further message would fail the same way.
+            stopping = (stop is not None and stop.is_set()) or stats.auth_failed
+            upcoming = pending[0] if pending and not stopping else None
             if previous is None and upcoming is None:
                 return stats
             msg = None
@@ -271,6 +273,7 @@ def deliver_batch(
                 if fp.ENABLED and result.outcome is Outcome.SENT:
                     fp.hit(fp.AFTER_250)
                 previous = (upcoming, result)
+                stats.auth_failed = stats.auth_failed or result.auth_failed
             if between is not None:
                 between()
     finally:

@@ -209,6 +209,10 @@ class SenderService:
                         )
                     )  # fmt: skip
                     progressed = True
+                if self._in_hand and not self.stop_event.is_set():
+                    # The batch ended early (SMTP authentication failed): hand back what never left.
+                    stats.released += release_all(self.engine, self._in_hand, self.clock)
+                    self._in_hand = []
                 if stats.auth_failed:
                     log.error("SMTP authentication failed: not sending until the next tick")
                     return stats

@@ -231,7 +231,9 @@ _EOL_RE = re.compile(rb"\r\n|\n|\r(?!\n)")
 _LEADING_DOT_RE = re.compile(rb"(?m)^\.")
 
 
-def _message_bytes(msg: email.message.Message | PreparedMessage, *, smtputf8: bool, linesep: str = "\r\n") -> bytes:
+def _message_bytes(
+    msg: email.message.Message | PreparedMessage, *, smtputf8: bool, linesep: str = "\r\n"
+) -> bytes:
     """The message as smtplib.send_message would put it on the wire, before dot-stuffing."""
     if isinstance(msg, PreparedMessage):
         return msg.as_bytes(linesep)  # 7-bit already: the same bytes with or without SMTPUTF8
