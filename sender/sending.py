@@ -297,7 +297,6 @@ def _count(stats: PassStats, r: Reservation, result: SendResult) -> None:
             stats.deferred += 1
         case Outcome.UNKNOWN:
             stats.unknown += 1
-    stats.auth_failed = stats.auth_failed or result.auth_failed
 
 
 def _hand_over(
@@ -318,6 +317,8 @@ def _hand_over(
     delay = 0.05
     while True:
         try:
+            if conn.closed:  # after a lost connection: reconnecting may fail too, and is retried
+                conn = engine.connect()
             with conn.begin():
                 now = clock.now()
                 if previous is not None:
@@ -354,7 +355,6 @@ def _hand_over(
             time.sleep(delay)  # backoff between reconnect attempts, not synchronisation
             delay = min(delay * 2, 2.0)
             conn.close()
-            conn = engine.connect()
 
 
 def _render(plan: Plan, r: Reservation) -> Outgoing:
