@@ -33,7 +33,7 @@ class Prepared:
 
     def __init__(self, clause: TextClause) -> None:
         self.clause = clause
-        self._by_dialect: dict[str, tuple[str, Callable[[Mapping[str, Any]], Any]]] = {}
+        self._by_dialect: dict[tuple[str, str, str], tuple[str, Callable[[Mapping[str, Any]], Any]]] = {}
 
     def __getattr__(self, name: str) -> Any:  # .text, ._bindparams: for EXPLAIN in the tests
         return getattr(self.clause, name)
@@ -55,9 +55,11 @@ class Prepared:
         return compiled.string, lambda params: {n: value(params, n) for n in processors}
 
     def run(self, conn: Connection, params: Mapping[str, Any]) -> CursorResult[Any]:
-        entry = self._by_dialect.get(conn.dialect.name)
+        dialect = conn.dialect
+        key = (dialect.name, dialect.driver, dialect.paramstyle)  # what the compiled text depends on
+        entry = self._by_dialect.get(key)
         if entry is None:
-            entry = self._by_dialect[conn.dialect.name] = self._compiled(conn.dialect)
+            entry = self._by_dialect[key] = self._compiled(dialect)
         sql, convert = entry
         return conn.exec_driver_sql(sql, convert(params))
 
