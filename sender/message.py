@@ -174,7 +174,6 @@ def prepare_message(
     EmailMessage itself. Same errors as `build_message`."""
     subject = one_line(subject)
     mid = one_line(message_id)
-    date_text = format_datetime(date or datetime.now(UTC))
     plain = (
         all(part.isascii() for part in (from_addr, reply_to or "", unsubscribe or "", campaign))
         and len(to_addr) <= 254
@@ -197,6 +196,7 @@ def prepare_message(
             reply_to=reply_to, unsubscribe=unsubscribe, campaign=campaign, date=date,
         )  # fmt: skip
     head, tail = _campaign_headers(from_addr, reply_to, unsubscribe, campaign)
+    date_text = format_datetime(date or datetime.now(UTC))
     wire = b"".join(
         (
             head,

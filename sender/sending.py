@@ -246,7 +246,7 @@ def deliver_batch(
             except _GaveUp:
                 return stats
             if previous is not None:
-                _count(stats, *previous)
+                _count(stats, previous[1])
                 logs.outcome(*previous)
                 previous = None
             if upcoming is None:
@@ -287,7 +287,7 @@ class _Gate(enum.Enum):
     FAILED = "failed"  # the template failed for this lead: never transmitted
 
 
-def _count(stats: PassStats, r: Reservation, result: SendResult) -> None:
+def _count(stats: PassStats, result: SendResult) -> None:
     match result.outcome:
         case Outcome.SENT:
             stats.sent += 1
