@@ -80,6 +80,11 @@ def _sqlite_engine(url: str, *, readonly: bool) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql(begin)
+        # On the driver's connection (exec_driver_sql's execution context costs more than the BEGIN
+        # itself, once per message); errors go through SQLAlchemy's handler as they would there.
+        try:
+            conn.connection.dbapi_connection.execute(begin)
+        except BaseException as exc:
+            conn._handle_dbapi_exception(exc, begin, (), None, None)
 
     return engine

@@ -261,9 +261,11 @@ def deliver_batch(
                 stats.released += 1
                 logs.transition("released", c, reason="gate_refused")
             else:
-                logs.transition(
-                    "transmitting", c, send_id=upcoming.send_id, recipient=logs.recipient(upcoming.lead.email)
-                )
+                if logs.log.isEnabledFor(logs.STEP):
+                    address = logs.recipient(upcoming.lead.email)
+                    logs.transition(
+                        "transmitting", c, level=logs.STEP, send_id=upcoming.send_id, recipient=address
+                    )
                 if fp.ENABLED:
                     fp.hit(fp.AFTER_GATE)
                 assert msg is not None

@@ -139,6 +139,23 @@ def test_recipients_are_masked_unless_asked_and_the_instance_is_bound(captured: 
     logs.bind(instance=None)
 
 
+def test_info_keeps_one_line_per_enrollment_its_outcome(captured: io.StringIO) -> None:
+    c = Claimed(enrollment_id=7, campaign_id=3, lead_id=11, step=0, variant="A", attempts=1, token="t")
+    c2 = Claimed(enrollment_id=8, campaign_id=3, lead_id=12, step=0, variant="B", attempts=1, token="u")
+    leads = {
+        11: LeadData("alice@example.com", None, None, "{}", suppressed=False),
+        12: LeadData("bob@example.com", None, None, "{}", suppressed=True),
+    }
+
+    class _R:  # a Reservation's shape, enough for the helper
+        claimed, send_id = c, 99
+
+    logs.configure(level="INFO", fmt="json", stream=captured)
+    logs.claimed("spring", [c, c2], leads, [_R()])  # type: ignore[list-item]
+    # The reserved step is not an outcome; the skipped enrollment's is.
+    assert [(d["event"], d["enrollment_id"]) for d in lines(captured)] == [("skipped", 8)]
+
+
 # --- a real run ------------------------------------------------------------------------------------
 
 
@@ -190,7 +207,10 @@ def test_a_real_run_logs_every_transition_as_json_without_secrets_or_addresses(
     env["SENDGUARD_DATABASE_URL"] = url
     log_file = tmp_path / "run.log"
     proc = start_sender(
-        env, tmp_path / "s.lock", ["--log-format", "json", "--until-idle", *TICK], log_file=log_file
+        env,
+        tmp_path / "s.lock",
+        ["--log-format", "json", "--log-level", "DEBUG", "--until-idle", *TICK],
+        log_file=log_file,
     )
     assert wait_exit(proc, 120, log_file) == 0, log_file.read_text()
 
@@ -226,6 +246,8 @@ def test_a_real_run_logs_every_transition_as_json_without_secrets_or_addresses(
     assert {r["smtp_code"] for r in by_event["sent"]} == {250} and len(
         by_event["sent"]
     ) == 3  # fine, flaky, orphan
+    # The steps of a send are DEBUG lines; its outcome is the one line INFO keeps (checked below).
+    assert {r["level"] for r in by_event["reserved"] + by_event["transmitting"]} == {"DEBUG"}
     assert [r["to"] for r in by_event["reaped"]] == ["queued"]
     assert sum(r["sent"] for r in by_event["tick"]) == 3
     # An SMTP password in the URL (this peer offers no AUTH, so the login fails and the auth breaker
@@ -237,6 +259,8 @@ def test_a_real_run_logs_every_transition_as_json_without_secrets_or_addresses(
     assert wait_exit(proc, 60, auth_log) == 0, auth_log.read_text()
     auth_raw = auth_log.read_text()
     assert SMTP_SECRET not in auth_raw and DB_SECRET not in auth_raw
+    # At the default level (INFO) the steps of a send are not logged, only what became of it.
+    assert not {"reserved", "transmitting"} & {r["event"] for r in _json_lines(auth_log)}, auth_raw
     assert any(r["level"] == "ERROR" for r in _json_lines(auth_log)), auth_raw
 
 
@@ -254,7 +278,10 @@ def test_a_refused_gate_logs_released(sqlite_url: str, tmp_path: Path) -> None:
     env["SENDGUARD_FAILPOINTS"] = "after_reserve=1*stall(6)"
     log_file = tmp_path / "run.log"
     proc = start_sender(
-        env, tmp_path / "s.lock", ["--log-format", "json", "--until-idle", *TICK], log_file=log_file
+        env,
+        tmp_path / "s.lock",
+        ["--log-format", "json", "--log-level", "DEBUG", "--until-idle", *TICK],
+        log_file=log_file,
     )
     try:
         wait_for(
