@@ -43,8 +43,9 @@ class Prepared:
     def _compiled(self, dialect: Dialect) -> tuple[str, Callable[[Mapping[str, Any]], Any]]:
         compiled = self.clause.compile(dialect=dialect)
         processors = {
-            name: bind.type.dialect_impl(dialect).bind_processor(dialect)
+            name: _remember_last(proc) if proc is not None else None
             for name, bind in compiled.binds.items()
+            for proc in (bind.type.dialect_impl(dialect).bind_processor(dialect),)
         }
 
         def value(params: Mapping[str, Any], name: str) -> Any:
@@ -75,6 +76,24 @@ class Prepared:
             conn._handle_dbapi_exception(exc, sql, args, cursor, None)
         finally:
             cursor.close()
+
+
+def _remember_last(proc: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """A bind processor that reuses its last result for the very same object. The only processed
+    parameters are timestamps (immutable), and one `now` goes into several statements per message;
+    the (input, output) pair is swapped as one tuple, so threads cannot pair one's input with
+    another's output."""
+    last: list[tuple[Any, Any]] = [(object(), None)]
+
+    def process(value: Any) -> Any:
+        seen, out = last[0]
+        if seen is value:
+            return out
+        out = proc(value)
+        last[0] = (value, out)
+        return out
+
+    return process
 
 
 class Rows:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import io
 import re
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.generator import BytesGenerator
@@ -196,7 +197,7 @@ def prepare_message(
             reply_to=reply_to, unsubscribe=unsubscribe, campaign=campaign, date=date,
         )  # fmt: skip
     head, tail = _campaign_headers(from_addr, reply_to, unsubscribe, campaign)
-    date_text = format_datetime(date or datetime.now(UTC))
+    date_text = format_datetime(date) if date is not None else _date_now()
     wire = b"".join(
         (
             head,
@@ -207,6 +208,18 @@ def prepare_message(
         )
     )
     return PreparedMessage(wire, mid)
+
+
+_date_of_second: tuple[int, str] = (-1, "")
+
+
+def _date_now() -> str:
+    """The Date header for now. It has whole seconds, so it is formatted once a second."""
+    global _date_of_second
+    second = int(time.time())
+    if _date_of_second[0] != second:
+        _date_of_second = (second, format_datetime(datetime.fromtimestamp(second, UTC)))
+    return _date_of_second[1]
 
 
 @functools.lru_cache(maxsize=64)
