@@ -76,10 +76,9 @@ bench: venv
 		$(VENV)/bin/python bench/pause.py --backend postgresql'
 
 # The CI regression guard (.ci/run): ~30 s on SQLite (median of 3); fails only when sendguard's rate
-# drops below BENCH_SMOKE_MIN_RATIO of the raw floor measured in the same run. Issue 5 asks for 0.5; the
-# sender measures 0.5-0.73 today and the floor alone swings +-50% on a busy 2-core box, so 0.5 would fail
-# healthy runs: the guard sits at 0.3 (a 2x regression) until the ratio is near 1.0 (bench/README.md).
-BENCH_SMOKE_MIN_RATIO ?= 0.3
+# drops below BENCH_SMOKE_MIN_RATIO of the raw floor measured in the same run (the median of three runs,
+# so one run on a noisy box does not decide). The sender measures 0.7-0.8 of the floor (bench/README.md).
+BENCH_SMOKE_MIN_RATIO ?= 0.5
 bench-smoke: venv
 	$(VENV)/bin/python bench/throughput.py --backend sqlite --senders 1 --leads 3000 --repeat 3 \
 		--min-ratio $(BENCH_SMOKE_MIN_RATIO)

@@ -197,13 +197,14 @@ def cli(args: list[str], env: dict[str, str], timeout: float = 60) -> subprocess
 
 
 @contextmanager
-def product_sink(workdir: Path) -> Iterator[tuple[str, int]]:
+def product_sink(workdir: Path, maildir: Path | None = None) -> Iterator[tuple[str, int]]:
     """`sendguard sink` (sender/sink.py, aiosmtpd writing a Maildir) on a free loopback port, in its own
     process, as an operator runs it. Yields (host, port)."""
     out = workdir / "sink.log"
+    maildir = maildir or workdir / "maildir"
     with open(out, "wb") as fh:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "sender", "sink", "--port", "0", "--maildir", str(workdir / "maildir")],
+            [sys.executable, "-m", "sender", "sink", "--port", "0", "--maildir", str(maildir)],
             stdout=fh,
             stderr=subprocess.STDOUT,
             cwd=ROOT,

@@ -9,6 +9,9 @@ Once the peer has `--warmup` messages, `sendguard campaign pause` runs as an ope
 subprocess); when it returns we note the time, watch for `--observe` seconds, then stop the sender.
 
 Per run: `started_after` (transmissions whose MAIL FROM came after the pause returned: must be 0),
+`envelopes_after` (MAIL FROMs after the pause returned, delivered or not: the sender opens the next
+envelope on a live connection while its gate commits, and resets it when the gate refuses; those carry
+no message and count here only),
 `finished_after` (messages whose payload completed after it: the one in flight, if any),
 `last_after_s` (last payload end minus the pause's return; <= 0 when nothing was in flight),
 `pause_cli_s` (how long the pause command took, process start-up included; `list_cli_s` is a
@@ -74,6 +77,7 @@ class StampingPeer:
         self.delay = delay
         self.lock = threading.Lock()
         self.stamps: list[Stamp] = []
+        self.mails: list[float] = []  # every MAIL FROM, delivered or reset
         self.controller = BoundController(self, server_hostname="pause-bench.test")
 
     async def handle_MAIL(
@@ -82,6 +86,8 @@ class StampingPeer:
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         session.mail_at = time.monotonic()  # type: ignore[attr-defined]
+        with self.lock:
+            self.mails.append(session.mail_at)  # type: ignore[attr-defined]
         return "250 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
@@ -144,6 +150,8 @@ def one_run(i: int, args: argparse.Namespace, work: Path, admin: str | None) -> 
                 raise SystemExit(f"campaign pause failed: {done.stderr}")
         time.sleep(args.observe)  # an observation window, not synchronization: does anything still come?
         stamps = peer.snapshot()
+        with peer.lock:
+            mails = list(peer.mails)
         engine = make_engine(db.url, readonly=True)
         try:
             wait_until(
@@ -166,6 +174,7 @@ def one_run(i: int, args: argparse.Namespace, work: Path, admin: str | None) -> 
     return {
         "received": len(stamps),
         "started_after": sum(1 for s in stamps if s.mail_at > returned),
+        "envelopes_after": sum(1 for m in mails if m > returned),
         "finished_after": sum(1 for s in stamps if s.data_at > returned),
         "last_after_s": round(last - returned, 4),
         "pause_cli_s": round(returned - invoked, 4),
@@ -219,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         "pause_cli_s": summary([r["pause_cli_s"] for r in runs]),
         "list_cli_s": summary([r["list_cli_s"] for r in runs]),
         "started_after_max": max(r["started_after"] for r in runs),
+        "envelopes_after_max": max(r["envelopes_after"] for r in runs),
         "db_agrees": all(r["db_agrees"] for r in runs),
     }
     ok = bool(valid) and result["started_after_max"] == 0 and max(r["last_after_s"] for r in valid) < 1.0
@@ -227,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     la = result["last_after_s"] or {}
     print(
         f"pause ({'in-process' if args.in_process else 'CLI'}, {args.backend}, {len(valid)}/{len(runs)} runs paused mid-campaign): transmissions started "
-        f"after the pause returned: max {result['started_after_max']}; last message finished "
+        f"after the pause returned: max {result['started_after_max']} (envelopes reset unsent: max "
+        f"{result['envelopes_after_max']}); last message finished "
         f"{la.get('min')}/{la.get('median')}/{la.get('max')} s (min/median/max) after it; "
         f"pause command {result['pause_cli_s']['median']} s median (a read-only `campaign list` while "
         f"sending: {result['list_cli_s']['median']} s); db agrees with the peer: {result['db_agrees']}"

@@ -536,9 +536,13 @@ def _gate_params(c: Claimed, *, send_id: int, now: datetime, prefix: str = "") -
 def hand_over_alone(
     conn: Connection, record: Mapping[str, Any] | None, gate: tuple[Claimed, int] | None, now: datetime
 ) -> bool | None:
-    """PostgreSQL: record one message (`record`: `record_params`) and gate the next (claim, send id), as
-    one transaction of one statement. Returns whether the gate passed (None: nothing to gate). `conn`
+    """Record one message (`record`: `record_params`) and gate the next (claim, send id) in one
+    transaction of their own, without SQLAlchemy's transaction bookkeeping: on PostgreSQL one statement
+    in autocommit, on SQLite `record`'s and the gate's statements between a BEGIN IMMEDIATE and a
+    COMMIT on the driver's connection. Returns whether the gate passed (None: nothing to gate). `conn`
     must have no transaction open. A gate that refuses leaves the claim to the caller to release."""
+    if conn.dialect.name == "sqlite":
+        return _hand_over_sqlite(conn, record, gate, now)
     if gate is None:
         assert record is not None
         _RECORD_BOTH_POSTGRESQL.run_alone(conn, record)
@@ -549,6 +553,37 @@ def hand_over_alone(
         return gated.rowcount == 1
     params = {**record, **_gate_params(c, send_id=send_id, now=now, prefix="gate_")}
     return int(_HAND_OVER_POSTGRESQL.run_alone(conn, params).first()[1]) == 1
+
+
+def _hand_over_sqlite(
+    conn: Connection, record: Mapping[str, Any] | None, gate: tuple[Claimed, int] | None, now: datetime
+) -> bool | None:
+    assert not conn.in_transaction()
+    dbapi = conn.connection.dbapi_connection
+    assert dbapi is not None
+    _driver_command(conn, dbapi, "BEGIN IMMEDIATE")  # as every sender transaction on SQLite (sender/db.py)
+    try:
+        if record is not None:
+            _RECORD_SEND._execute(conn, record)
+            _RECORD_ENROLLMENT._execute(conn, record)
+        passed = None
+        if gate is not None:
+            c, send_id = gate
+            gated = _GATE_BY_DIALECT["sqlite"]._execute(conn, _gate_params(c, send_id=send_id, now=now))
+            passed = gated.rowcount == 1
+        _driver_command(conn, dbapi, "COMMIT")
+        return passed
+    except BaseException:
+        with contextlib.suppress(Exception):  # nothing of it may survive: the caller retries it all
+            dbapi.rollback()
+        raise
+
+
+def _driver_command(conn: Connection, dbapi: Any, command: str) -> None:
+    try:
+        dbapi.execute(command)
+    except BaseException as exc:
+        conn._handle_dbapi_exception(exc, command, (), None, None)
 
 
 _SUPPRESS = _sql("""

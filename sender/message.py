@@ -57,8 +57,12 @@ def message_id(campaign_id: int, lead_id: int, step: int, from_addr: str) -> str
     for label, value in (("campaign_id", campaign_id), ("lead_id", lead_id), ("step", step)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"{label} must be a non-negative integer, got {value!r}")
-    domain = _parse_single(from_addr).domain.lower()
-    return f"<sg.c{campaign_id}.l{lead_id}.s{step}@{domain}>"
+    return f"<sg.c{campaign_id}.l{lead_id}.s{step}@{_id_domain(from_addr)}>"
+
+
+@functools.lru_cache(maxsize=64)
+def _id_domain(from_addr: str) -> str:
+    return _parse_single(from_addr).domain.lower()
 
 
 def build_message(

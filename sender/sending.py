@@ -5,6 +5,8 @@ The steps and their order are the guarantee (DESIGN.md); the SQL for each lives 
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import enum
 import functools
 import json
@@ -13,6 +15,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from email.utils import parseaddr
@@ -29,7 +32,7 @@ from sender.config import Settings
 from sender.message import Outgoing, message_id, prepare_message
 from sender.pacing import local_day_start
 from sender.templates import render
-from sender.transport import Outcome, SendResult, Transport
+from sender.transport import Envelope, Outcome, SendResult, SmtpTransport, Transport
 
 log = logging.getLogger("sendguard.sender")
 
@@ -237,9 +240,17 @@ def deliver_batch(
     reservation is gated, released or failed, so the caller can give back what is left on shutdown.
     `between` runs after each hand-over (the service's heartbeat); `stop` ends the batch after the
     message in flight is recorded.
+
+    On an SMTP connection that is already open, the next message's envelope (MAIL FROM, RCPT TO) goes
+    out on a helper thread while the hand-over commits: DATA, the first byte of the message itself,
+    still waits for the gate, and a refused gate resets the envelope (RSET), so the server never
+    receives a message the database did not let go. A fresh connection is opened after the gate, as
+    before: a sender that is refused its first gate (a fenced zombie) never talks to the server.
     """
     stats = PassStats()
     previous: tuple[Reservation, SendResult] | None = None
+    helper: ThreadPoolExecutor | None = None
+    early: Future[Envelope | SendResult] | None = None  # the upcoming message's envelope, in flight
     conn = engine.connect()
     try:
         while True:
@@ -257,6 +268,14 @@ def deliver_batch(
                     render_error = str(exc)[:500]
                 if fp.ENABLED:
                     fp.hit(fp.AFTER_RESERVE)
+            started = time.monotonic()
+            if msg is not None and isinstance(transport, SmtpTransport) and transport.connected:
+                helper = helper or ThreadPoolExecutor(max_workers=1, thread_name_prefix="sendguard-envelope")
+                assert upcoming is not None
+                early = helper.submit(
+                    contextvars.copy_context().run,  # its log lines carry this thread's bound fields
+                    transport.open_envelope, msg, plan.envelope_from, upcoming.lead.email,
+                )  # fmt: skip
             try:
                 conn, gate = _hand_over(conn, engine, previous, upcoming, render_error, settings, clock)
             except _GaveUp:
@@ -274,6 +293,7 @@ def deliver_batch(
                 logs.transition("failed", c, level=logging.WARNING, reason="template_error")
             elif gate is _Gate.RELEASED:
                 # Paused, or our claim was taken over: nothing left this host, so it went back untouched.
+                early = _abandon(transport, early)
                 stats.released += 1
                 logs.transition("released", c, reason="gate_refused")
             else:
@@ -285,8 +305,11 @@ def deliver_batch(
                 if fp.ENABLED:
                     fp.hit(fp.AFTER_GATE)
                 assert msg is not None
-                started = time.monotonic()
-                result = transport.send(msg, plan.envelope_from, upcoming.lead.email)
+                if early is not None:
+                    opened, early = early.result(), None
+                    result = opened if isinstance(opened, SendResult) else transport.send_data(opened)
+                else:
+                    result = transport.send(msg, plan.envelope_from, upcoming.lead.email)
                 metrics.transmitted(plan.campaign.name, result.outcome.value, time.monotonic() - started)
                 if fp.ENABLED and result.outcome is Outcome.SENT:
                     fp.hit(fp.AFTER_250)
@@ -295,7 +318,22 @@ def deliver_batch(
             if between is not None:
                 between()
     finally:
+        with contextlib.suppress(Exception):  # never mask what ended the batch
+            _abandon(transport, early)
+        if helper is not None:
+            helper.shutdown(wait=True)
         conn.close()
+
+
+def _abandon(transport: Transport, early: Future[Envelope | SendResult] | None) -> None:
+    """An envelope whose message must not be sent: wait for it, and reset it if it was accepted."""
+    if early is None:
+        return None
+    opened = early.result()
+    if isinstance(opened, Envelope):
+        assert isinstance(transport, SmtpTransport)
+        transport.abandon(opened)
+    return None
 
 
 class _Gate(enum.Enum):
@@ -380,10 +418,9 @@ def _hand_over(
 def _fits_one_statement(
     conn: Connection, previous: tuple[Reservation, SendResult] | None, render_error: str | None
 ) -> bool:
-    """PostgreSQL, with nothing to do but the record and the gate: an outcome no breaker or
-    suppression looks at, a message that rendered. (The `while_recording` failpoint needs the
-    statements and the COMMIT apart.)"""
-    if conn.dialect.name != "postgresql" or render_error is not None:
+    """Nothing to do but the record and the gate: an outcome no breaker or suppression looks at, a
+    message that rendered. (The `while_recording` failpoint needs the statements and the COMMIT apart.)"""
+    if render_error is not None:
         return False
     if fp.ENABLED and fp.WHILE_RECORDING in fp.active():
         return False
@@ -402,9 +439,10 @@ def _hand_over_alone(
     settings: Settings,
     clock: Clock,
 ) -> _Gate:
-    """The hand-over as one statement in a transaction of its own (PostgreSQL: one round trip where
-    BEGIN, two statements and COMMIT took four). A refused gate is released in a second transaction,
-    as a crash between the two would leave it: `reserved`, for the reaper to requeue."""
+    """The common hand-over, on the driver's connection (`claim.hand_over_alone`: on PostgreSQL one
+    statement, one round trip where BEGIN, two statements and COMMIT took four). A refused gate is
+    released in a second transaction, as a crash between the two would leave it: `reserved`, for the
+    reaper to requeue."""
     now = clock.now()
     record = None
     if previous is not None:

@@ -69,6 +69,13 @@ class Transport(Protocol):
     def close(self) -> None: ...
 
 
+@dataclass(frozen=True)
+class Envelope:
+    """An SMTP transaction whose MAIL FROM and RCPT TO were accepted: no byte of the message has left."""
+
+    wire: bytes
+
+
 # Long enough for a useful server diagnostic, short enough for a log line and a DB column.
 _MAX_REPLY = 300
 
@@ -476,7 +483,19 @@ class SmtpTransport:
 
     # -- sending ------------------------------------------------------------------------------
 
+    @property
+    def connected(self) -> bool:
+        """A connection is open (it may still turn out dead on reuse: `open_envelope` handles that)."""
+        return self._smtp is not None
+
     def send(self, msg: Outgoing, sender: str, recipient: str) -> SendResult:
+        opened = self.open_envelope(msg, sender, recipient)
+        return opened if isinstance(opened, SendResult) else self.send_data(opened)
+
+    def open_envelope(self, msg: Outgoing, sender: str, recipient: str) -> Envelope | SendResult:
+        """The first half of a send: connect if needed, MAIL FROM and RCPT TO. An Envelope when both
+        were accepted (nothing of the message has left yet: `send_data` sends it, `abandon` resets),
+        else the attempt's final result."""
         if _bad_address(sender) or _bad_address(recipient):
             return self._result(Outcome.FAILED, None, "invalid envelope address", "mail")
         smtputf8 = not (sender.isascii() and recipient.isascii())
@@ -496,16 +515,29 @@ class SmtpTransport:
                     return failure
             assert self._smtp is not None
             try:
-                return self._transaction(self._smtp, wire, sender, recipient, smtputf8, fresh=fresh)
+                refused = self._envelope(self._smtp, wire, sender, recipient, smtputf8, fresh=fresh)
+                return Envelope(wire) if refused is None else refused
             except _StaleConnection:
                 # Only a reused connection raises this, and the retry runs on a fresh one, so this
                 # loop reconnects at most once.
                 log.info("SMTP connection to %s was dead on reuse; reconnecting", self._settings.redacted)
                 self._drop()
 
-    def _transaction(
+    def send_data(self, envelope: Envelope) -> SendResult:
+        """The second half of a send: DATA, the payload, the server's verdict."""
+        smtp = self._smtp
+        if smtp is None:  # cannot happen after an accepted envelope; never send without one
+            return self._result(Outcome.DEFERRED, None, "connection lost before DATA", "data")
+        return self._payload(smtp, envelope.wire)
+
+    def abandon(self, envelope: Envelope) -> None:
+        """Give up an accepted envelope without sending the message (RSET)."""
+        self._reset()
+
+    def _envelope(
         self, smtp: smtplib.SMTP, wire: bytes, sender: str, recipient: str, smtputf8: bool, *, fresh: bool
-    ) -> SendResult:
+    ) -> SendResult | None:
+        """MAIL FROM and RCPT TO: None when both were accepted, else the attempt's result."""
         options: list[str] = []
         if smtputf8:
             if not smtp.has_extn("smtputf8"):
@@ -539,7 +571,9 @@ class SmtpTransport:
             return self._lost("rcpt", exc)
         if not 200 <= code < 300:
             return self._reply_result(code, resp, "rcpt")
+        return None
 
+    def _payload(self, smtp: smtplib.SMTP, wire: bytes) -> SendResult:
         try:
             smtp.putcmd("data")
             code, resp = smtp.getreply()
@@ -641,7 +675,19 @@ class DryRunTransport:
     def __repr__(self) -> str:
         return f"DryRunTransport({self.directory!r})"
 
+    @property
+    def connected(self) -> bool:
+        """A connection is open (it may still turn out dead on reuse: `open_envelope` handles that)."""
+        return self._smtp is not None
+
     def send(self, msg: Outgoing, sender: str, recipient: str) -> SendResult:
+        opened = self.open_envelope(msg, sender, recipient)
+        return opened if isinstance(opened, SendResult) else self.send_data(opened)
+
+    def open_envelope(self, msg: Outgoing, sender: str, recipient: str) -> Envelope | SendResult:
+        """The first half of a send: connect if needed, MAIL FROM and RCPT TO. An Envelope when both
+        were accepted (nothing of the message has left yet: `send_data` sends it, `abandon` resets),
+        else the attempt's final result."""
         if _bad_address(sender) or _bad_address(recipient):
             return SendResult(Outcome.FAILED, None, "invalid envelope address", "mail")
         try:
