@@ -44,11 +44,7 @@ class Prepared:
 
     def _compiled(self, dialect: Dialect) -> tuple[str, Callable[[Mapping[str, Any]], Any]]:
         compiled = self.clause.compile(dialect=dialect)
-        processors = {
-            name: _remember_last(proc) if proc is not None else None
-            for name, bind in compiled.binds.items()
-            for proc in (bind.type.dialect_impl(dialect).bind_processor(dialect),)
-        }
+        processors = {name: _processor(bind.type, dialect) for name, bind in compiled.binds.items()}
 
         def value(params: Mapping[str, Any], name: str) -> Any:
             proc = processors[name]
@@ -100,11 +96,23 @@ class Prepared:
             cursor.close()
 
 
+_PROCESSORS: dict[tuple[int, str, str, str], Callable[[Any], Any] | None] = {}
+
+
+def _processor(type_: Any, dialect: Dialect) -> Callable[[Any], Any] | None:
+    """The bind processor of `type_` on `dialect`, one per (type, dialect) for every statement, so
+    that the one `now` of a hand-over, bound into several statements, is converted once."""
+    key = (id(type_), dialect.name, dialect.driver, dialect.paramstyle)
+    if key not in _PROCESSORS:
+        proc = type_.dialect_impl(dialect).bind_processor(dialect)
+        _PROCESSORS[key] = _remember_last(proc) if proc is not None else None
+    return _PROCESSORS[key]
+
+
 def _remember_last(proc: Callable[[Any], Any]) -> Callable[[Any], Any]:
     """A bind processor that reuses its last result for the very same object. The only processed
-    parameters are timestamps (immutable), and one `now` goes into several statements per message;
-    the (input, output) pair is swapped as one tuple, so threads cannot pair one's input with
-    another's output."""
+    parameters are timestamps (immutable); the (input, output) pair is swapped as one tuple, so threads
+    cannot pair one's input with another's output."""
     last: list[tuple[Any, Any]] = [(object(), None)]
 
     def process(value: Any) -> Any:

@@ -125,6 +125,8 @@ _NEEDS_QUOTES = re.compile(r"[\s\"'=]")
 
 
 def _text_value(value: Any) -> str:
+    if type(value) is int:  # most fields: ids, counts, codes
+        return str(value)
     text = str(value)
     if text == "" or _NEEDS_QUOTES.search(text):
         return json.dumps(text, ensure_ascii=False)
