@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -470,7 +469,12 @@ _RECORD_BOTH_POSTGRESQL = _sql(
 # four): the record of one message, exactly as above, and the gate of the next, exactly as `_GATE`
 # (its claim's parameters renamed `gate_*`). Safe: the same compare-and-sets on different rows, and a
 # statement is atomic, so it leaves the crash states of the two-statement transaction it replaces.
-_GATE_RENAMED = re.sub(r":(send_id|token|enrollment_id)\b", r":gate_\1", _GATE.format(lock="FOR SHARE"))
+_GATE_RENAMED = (
+    _GATE.format(lock="FOR SHARE")
+    .replace(":send_id", ":gate_send_id")
+    .replace(":token", ":gate_token")  # the gate has no other parameter starting so
+    .replace(":enrollment_id", ":gate_enrollment_id")
+)
 _HAND_OVER_POSTGRESQL = _sql(
     f"WITH recorded_send AS ({_RECORD_SEND_SQL} RETURNING id),"  # noqa: S608 (module constants)
     f" recorded_enrollment AS ({_RECORD_ENROLLMENT_SQL} RETURNING id),"

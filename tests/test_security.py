@@ -258,9 +258,9 @@ _SQLA_CONSTRUCTORS = {
 _NUMERIC_BUILTINS = {"int", "float", "len", "bool", "round", "abs", "range", "hash"}
 _INPUT_BUILTINS = {"input", "open", "getattr", "eval", "exec", "vars", "globals", "locals", "__import__"}
 _MAX_CALL_DEPTH = 12
-# sender/claim.py's Prepared.run hands exec_driver_sql the compiled form of the text() clause it wraps;
+# sender/claim.py's Prepared._execute hands the driver the compiled form of the text() clause it wraps;
 # every `Prepared(...)` is itself a sink here, so what it wraps is checked where it is built.
-_COMPILED_RUNNERS = {("sender.claim", "run")}
+_COMPILED_RUNNERS = {("sender.claim", "_execute")}
 
 
 @dataclass
