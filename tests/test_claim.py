@@ -279,6 +279,56 @@ def test_gate_passes_only_the_token_holder_with_a_live_lease_while_the_campaign_
     assert statuses[s_forged]["transmit_at"] is None  # type: ignore[index]
 
 
+def test_hand_over_alone_records_one_and_gates_the_next_as_one_transaction(engine: Engine) -> None:
+    campaign = seed(engine, "handover", 4)
+    (first, s1), (second, s2), (third, s3), (fourth, s4) = claim_and_reserve(engine, campaign, 4)
+
+    def sent(c: q.Claimed, send_id: int, now: datetime) -> dict[str, object]:
+        return q.record_params(
+            c, send_id=send_id, send_status=SendStatus.SENT, enrollment_status=EnrollmentStatus.SENT,
+            reason=None, code=250, reply="250 ok", now=now, next_at=now,
+        )  # fmt: skip
+
+    with engine.connect() as conn:
+        assert q.hand_over_alone(conn, None, (first, s1), T1) is True  # the first gate of a batch
+        assert not conn.in_transaction()
+        assert q.hand_over_alone(conn, sent(first, s1, T1), (second, s2), T1) is True
+        # A gate opens once: the same hand-over again records nothing new and refuses the gate.
+        assert q.hand_over_alone(conn, sent(first, s1, T1), (second, s2), T1) is False
+        # A forged token neither records nor passes.
+        assert (
+            q.hand_over_alone(
+                conn, sent(replace(second, token="x"), s2, T1), (replace(third, token="x"), s3), T1
+            )
+            is False
+        )
+    assert (send_row(engine, s1)["status"], enrollment(engine, first.enrollment_id)["status"]) == (
+        "sent",
+        "sent",
+    )  # type: ignore[index]
+    assert send_row(engine, s2)["status"] == "transmitting"  # type: ignore[index]
+    assert send_row(engine, s3)["status"] == "reserved"  # type: ignore[index]
+
+    # Paused between two messages: the record still lands, the gate refuses, the claim stays reserved
+    # for the caller to release (it was never transmitted).
+    campaigns.pause(engine, "handover", actor=ACTOR, reason="stop", now=T1)
+    with engine.connect() as conn:
+        assert q.hand_over_alone(conn, sent(second, s2, T1), (third, s3), T1) is False
+        assert q.hand_over_alone(conn, None, (fourth, s4), T1) is False
+    assert (send_row(engine, s2)["status"], enrollment(engine, second.enrollment_id)["status"]) == (
+        "sent",
+        "sent",
+    )  # type: ignore[index]
+    assert [send_row(engine, s)["status"] for s in (s3, s4)] == ["reserved", "reserved"]  # type: ignore[index]
+
+    # The last record of a batch, with nothing to gate.
+    campaigns.resume(engine, "handover", actor=ACTOR, reason=None, now=T1)
+    with engine.connect() as conn:
+        assert q.hand_over_alone(conn, None, (third, s3), T1) is True
+        assert q.hand_over_alone(conn, sent(third, s3, T1), None, T1) is None
+    assert send_row(engine, s3)["status"] == "sent"  # type: ignore[index]
+
+
 # --- 5. record, 6. reaper ------------------------------------------------------------------------
 
 

@@ -37,6 +37,7 @@ from sender.transport import (
     make_transport,
     redact_url,
 )
+from sender.transport import Envelope as Opened
 from tests.smtp_peer import BoundController, SmtpPeer
 
 SENDER = "ana@example.com"
@@ -203,6 +204,43 @@ def transports() -> Iterator[Callable[..., SmtpTransport]]:
 
 
 # ----------------------------------------------------------------------------------- happy path
+
+
+def test_an_abandoned_envelope_sends_nothing_and_the_connection_goes_on(
+    serve: Serve, transports: Callable[..., SmtpTransport]
+) -> None:
+    """What the sender does when a gate refuses a message whose envelope is already out: RSET."""
+    controller, rec = serve()
+    t = transports(controller.url)
+    assert not t.connected
+    assert t.send(_message(1), SENDER, "lead1@example.com").outcome is Outcome.SENT
+    opened = t.open_envelope(_message(2), SENDER, "lead2@example.com")
+    assert isinstance(opened, Opened)
+    assert rec.calls["mail"] == 2 and rec.calls["rcpt"] == 2  # the server has seen the envelope...
+    t.abandon(opened)
+    assert rec.count() == 1  # ...and no message
+    # The same connection carries the next message, with its own envelope only.
+    opened = t.open_envelope(_message(3), SENDER, "lead3@example.com")
+    assert isinstance(opened, Opened)
+    assert t.send_data(opened).outcome is Outcome.SENT
+    assert rec.connections == 1
+    assert [e[1] for e in rec.envelopes] == [["lead1@example.com"], ["lead3@example.com"]]
+
+
+def test_an_envelope_refused_at_rcpt_is_the_attempt_s_result(
+    serve: Serve, transports: Callable[..., SmtpTransport]
+) -> None:
+    controller, rec = serve(Recorder(rcpt={1: "550 5.1.1 no such user"}))
+    t = transports(controller.url)
+    opened = t.open_envelope(_message(1), SENDER, "gone@example.com")
+    assert isinstance(opened, SendResult)
+    assert (opened.outcome, opened.code, opened.phase, opened.hard_bounce) == (
+        Outcome.FAILED,
+        550,
+        "rcpt",
+        True,
+    )
+    assert rec.count() == 0
 
 
 def test_sends_over_one_reused_connection(serve: Serve, transports: Callable[..., SmtpTransport]) -> None:
