@@ -244,13 +244,17 @@ def deliver_batch(
     On an SMTP connection that is already open, the next message's envelope (MAIL FROM, RCPT TO) goes
     out on a helper thread while the hand-over commits: DATA, the first byte of the message itself,
     still waits for the gate, and a refused gate resets the envelope (RSET), so the server never
-    receives a message the database did not let go. A fresh connection is opened after the gate, as
-    before: a sender that is refused its first gate (a fenced zombie) never talks to the server.
+    receives a message the database did not let go; after a refusal the rest of the batch goes gate
+    first. A fresh connection is opened after the gate, as before: a sender that is refused its first
+    gate (a fenced zombie) never talks to the server.
     """
     stats = PassStats()
     previous: tuple[Reservation, SendResult] | None = None
     helper: ThreadPoolExecutor | None = None
     early: Future[Envelope | SendResult] | None = None  # the upcoming message's envelope, in flight
+    # After a refused gate (usually a pause: every later gate of the batch is refused too), envelopes
+    # wait for their gate again, so a paused campaign stops talking to the server at once.
+    ahead_ok = True
     conn = engine.connect()
     try:
         while True:
@@ -269,7 +273,7 @@ def deliver_batch(
                 if fp.ENABLED:
                     fp.hit(fp.AFTER_RESERVE)
             started = time.monotonic()
-            if msg is not None and isinstance(transport, SmtpTransport) and transport.connected:
+            if ahead_ok and msg is not None and isinstance(transport, SmtpTransport) and transport.connected:
                 helper = helper or ThreadPoolExecutor(max_workers=1, thread_name_prefix="sendguard-envelope")
                 assert upcoming is not None
                 early = helper.submit(
@@ -294,6 +298,7 @@ def deliver_batch(
             elif gate is _Gate.RELEASED:
                 # Paused, or our claim was taken over: nothing left this host, so it went back untouched.
                 early = _abandon(transport, early)
+                ahead_ok = False
                 stats.released += 1
                 logs.transition("released", c, reason="gate_refused")
             else:

@@ -91,9 +91,10 @@ def test_a_gate_refused_mid_batch_resets_the_early_envelope_and_sends_nothing(
 
     assert (stats.sent, stats.released) == (1, 2)
     assert peer.count() == 1 and peer.connections() == 1
-    # The two later envelopes went out on the open connection while their gates were refused, and
-    # were reset: the server saw their RCPT TO, never their DATA.
-    assert [r for phase, r in seen if phase == "rcpt"] == [f"lead{i}@example.com" for i in range(3)]
+    # The second envelope went out on the open connection while its gate was refused, and was reset:
+    # the server saw its RCPT TO, never its DATA. After that refusal the third waited for its gate
+    # (refused too: the campaign is paused), so the server never heard of it.
+    assert [r for phase, r in seen if phase == "rcpt"] == ["lead0@example.com", "lead1@example.com"]
     assert [r for phase, r in seen if phase == "data_end"] == ["lead0@example.com"]
     assert _states(engine) == [
         ("lead0@example.com", "sent"),
