@@ -483,24 +483,9 @@ _HAND_OVER_POSTGRESQL = _sql(
 )
 
 
-def record(
-    conn: Connection,
-    c: Claimed,
-    *,
-    send_id: int,
-    send_status: SendStatus,
-    enrollment_status: EnrollmentStatus,
-    reason: str | None,
-    code: int | None,
-    reply: str,
-    now: datetime,
-    next_at: datetime,
-) -> bool:
-    """Record the SMTP outcome on both rows. Idempotent: safe to retry after a lost connection."""
-    params = record_params(
-        c, send_id=send_id, send_status=send_status, enrollment_status=enrollment_status, reason=reason,
-        code=code, reply=reply, now=now, next_at=next_at,
-    )  # fmt: skip
+def record(conn: Connection, params: Mapping[str, Any]) -> bool:
+    """Record the SMTP outcome on both rows (`params`: `record_params`). Idempotent: safe to retry after
+    a lost connection."""
     if conn.dialect.name == "postgresql":
         return _RECORD_BOTH_POSTGRESQL.run(conn, params).rowcount == 1
     _RECORD_SEND.run(conn, params)
@@ -519,7 +504,7 @@ def record_params(
     now: datetime,
     next_at: datetime,
 ) -> dict[str, Any]:
-    """`record`'s parameters, for `record` and `hand_over_alone`."""
+    """The parameters of `record` and `hand_over_alone`: one attempt's outcome."""
     return {
         "send_status": send_status.value,
         "code": code,

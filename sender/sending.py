@@ -19,6 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from email.utils import parseaddr
+from typing import Any
 
 from sqlalchemy import Connection, Engine, insert
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
@@ -449,14 +450,7 @@ def _hand_over_alone(
     released in a second transaction, as a crash between the two would leave it: `reserved`, for the
     reaper to requeue."""
     now = clock.now()
-    record = None
-    if previous is not None:
-        r, result = previous
-        send_status, status, reason, next_at = outcome_states(result, r.claimed.attempts, settings, now)
-        record = q.record_params(
-            r.claimed, send_id=r.send_id, send_status=send_status, enrollment_status=status, reason=reason,
-            code=result.code, reply=result.reply, now=now, next_at=next_at,
-        )  # fmt: skip
+    record = None if previous is None else _record_params(*previous, settings, now)
     gate = (upcoming.claimed, upcoming.send_id) if upcoming is not None else None
     passed = q.hand_over_alone(conn, record, gate, now)
     if upcoming is None:
@@ -506,23 +500,19 @@ def outcome_states(
     raise AssertionError(result.outcome)
 
 
+def _record_params(r: Reservation, result: SendResult, settings: Settings, now: datetime) -> dict[str, Any]:
+    send_status, status, reason, next_at = outcome_states(result, r.claimed.attempts, settings, now)
+    return q.record_params(
+        r.claimed, send_id=r.send_id, send_status=send_status, enrollment_status=status, reason=reason,
+        code=result.code, reply=result.reply, now=now, next_at=next_at,
+    )  # fmt: skip
+
+
 def _record(conn: Connection, r: Reservation, result: SendResult, settings: Settings, now: datetime) -> None:
     """Step 5: the SMTP outcome onto both rows (idempotent), and what it may trip."""
     if breakers.on_auth_failure(conn, r.claimed, send_id=r.send_id, result=result, now=now):
         return  # claim given back and campaign paused: the lead goes out after the resume
-    send_status, status, reason, next_at = outcome_states(result, r.claimed.attempts, settings, now)
-    q.record(
-        conn,
-        r.claimed,
-        send_id=r.send_id,
-        send_status=send_status,
-        enrollment_status=status,
-        reason=reason,
-        code=result.code,
-        reply=result.reply,
-        now=now,
-        next_at=next_at,
-    )
+    q.record(conn, _record_params(r, result, settings, now))
     if result.hard_bounce:
         q.suppress(conn, email=r.lead.email, reason="hard_bounce", detail=result.reply, now=now)
     breakers.after_record(conn, r.claimed, result, now)  # may pause: same transaction

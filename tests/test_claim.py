@@ -364,13 +364,15 @@ def test_reaper_turns_an_expired_transmission_unknown_and_a_late_answer_still_re
     )
     now = AFTER_LEASE + timedelta(seconds=5)
     with engine.begin() as conn:
-        assert not q.record(conn, replace(c, token="someone-else"), now=now, next_at=now, **common)
+        assert not q.record(
+            conn, q.record_params(replace(c, token="someone-else"), now=now, next_at=now, **common)
+        )
     assert send_row(engine, send_id)["status"] == "unknown"  # type: ignore[index]
     with engine.begin() as conn:
-        assert q.record(conn, c, now=now, next_at=now, **common)
+        assert q.record(conn, q.record_params(c, now=now, next_at=now, **common))
     # A retry after a lost commit acknowledgement finds the work done and changes nothing.
     with engine.begin() as conn:
-        assert not q.record(conn, c, now=now + timedelta(seconds=9), next_at=now, **common)
+        assert not q.record(conn, q.record_params(c, now=now + timedelta(seconds=9), next_at=now, **common))
     sent = send_row(engine, send_id)
     assert sent is not None and (sent["status"], sent["smtp_code"], sent["finished_at"]) == ("sent", 250, now)
     row = enrollment(engine, c.enrollment_id)

@@ -15,7 +15,7 @@ from sender.clock import FixedClock
 from sender.config import Settings
 from sender.db import make_engine
 from sender.enroll import import_leads
-from sender.sending import Identity, Plan, claim_batch, deliver_batch
+from sender.sending import Identity, PassStats, Plan, claim_batch, deliver_batch
 from sender.transport import SmtpTransport
 from tests.smtp_peer import PHASES, SmtpPeer
 
@@ -47,12 +47,40 @@ def _plan(engine: Engine) -> Plan:
         return Plan(campaign, {v.letter: v for v in campaigns.variants_of(conn, campaign.id)})
 
 
-def _peer(factory: Callable[..., SmtpPeer], seen: list[tuple[str, str]]) -> SmtpPeer:
+def _deliver_all(
+    engine: Engine,
+    factory: Callable[..., SmtpPeer],
+    *,
+    before: Callable[[FixedClock], None] | None = None,
+    between: Callable[[FixedClock], None] | None = None,
+) -> tuple[PassStats, SmtpPeer, list[tuple[str, str]]]:
+    """Claim the three leads and deliver them to a real peer that notes each command it is asked about
+    (phase, recipient). `before` runs after the claim, `between` after each hand-over."""
+    seen: list[tuple[str, str]] = []
+
     def record(rcpt: str, phase: str, nth: int) -> None:
         seen.append((phase, rcpt))
         return None  # no fault: only watch the commands arrive
 
-    return factory(record, phases=PHASES)
+    peer = factory(record, phases=PHASES)
+    clock = FixedClock(T0 + timedelta(seconds=1))
+    plan = _plan(engine)
+    batch = claim_batch(engine, plan, IDENT, SETTINGS, clock, 3)
+    if before is not None:
+        before(clock)
+    transport = SmtpTransport(peer.url, timeout=10)
+    try:
+        stats = deliver_batch(
+            engine, transport, plan, list(batch.reservations), SETTINGS, clock,
+            between=None if between is None else lambda: between(clock),
+        )  # fmt: skip
+    finally:
+        transport.close()
+    return stats, peer, seen
+
+
+def _pause(engine: Engine, clock: FixedClock) -> None:
+    campaigns.pause(engine, NAME, actor=ACTOR, reason="test", now=clock.now())
 
 
 def _states(engine: Engine) -> list[tuple[str, str]]:
@@ -69,25 +97,14 @@ def _states(engine: Engine) -> list[tuple[str, str]]:
 def test_a_gate_refused_mid_batch_resets_the_early_envelope_and_sends_nothing(
     engine: Engine, smtp_peer_factory: Callable[..., SmtpPeer]
 ) -> None:
-    seen: list[tuple[str, str]] = []
-    peer = _peer(smtp_peer_factory, seen)
-    clock = FixedClock(T0 + timedelta(seconds=1))
-    plan = _plan(engine)
-    batch = claim_batch(engine, plan, IDENT, SETTINGS, clock, 3)
-    transport = SmtpTransport(peer.url, timeout=10)
     paused: list[bool] = []
 
-    def pause_after_the_first() -> None:  # the operator's pause lands between two messages
+    def pause_after_the_first(clock: FixedClock) -> None:  # the operator's pause lands between two
         if not paused:
-            campaigns.pause(engine, NAME, actor=ACTOR, reason="test", now=clock.now())
+            _pause(engine, clock)
             paused.append(True)
 
-    try:
-        stats = deliver_batch(
-            engine, transport, plan, list(batch.reservations), SETTINGS, clock, between=pause_after_the_first
-        )
-    finally:
-        transport.close()
+    stats, peer, seen = _deliver_all(engine, smtp_peer_factory, between=pause_after_the_first)
 
     assert (stats.sent, stats.released) == (1, 2)
     assert peer.count() == 1 and peer.connections() == 1
@@ -108,17 +125,7 @@ def test_a_gate_refused_mid_batch_resets_the_early_envelope_and_sends_nothing(
 def test_a_sender_refused_its_first_gate_never_connects(
     engine: Engine, smtp_peer_factory: Callable[..., SmtpPeer]
 ) -> None:
-    seen: list[tuple[str, str]] = []
-    peer = _peer(smtp_peer_factory, seen)
-    clock = FixedClock(T0 + timedelta(seconds=1))
-    plan = _plan(engine)
-    batch = claim_batch(engine, plan, IDENT, SETTINGS, clock, 3)
-    campaigns.pause(engine, NAME, actor=ACTOR, reason="test", now=clock.now())
-    transport = SmtpTransport(peer.url, timeout=10)
-    try:
-        stats = deliver_batch(engine, transport, plan, list(batch.reservations), SETTINGS, clock)
-    finally:
-        transport.close()
+    stats, peer, seen = _deliver_all(engine, smtp_peer_factory, before=lambda clock: _pause(engine, clock))
     assert (stats.sent, stats.released) == (0, 3)
     assert peer.connections() == 0 and seen == []
     assert {s for _, s in _states(engine)} == {"queued"}
