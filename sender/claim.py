@@ -736,22 +736,6 @@ def reap_one(conn: Connection, *, enrollment_id: int, token: str, now: datetime)
     return status if _REAP_ENROLLMENT.run(conn, params).rowcount == 1 else None
 
 
-# --- Lease renewal (the sender's heartbeat) -------------------------------------------------------
-
-# Safe: only this sender's own claims, and only while their lease still runs: one whose lease ended may
-# already be reaped (the reaper's compare-and-set requires the lease to have ended), and is never revived.
-_RENEW_CLAIMS = _sql("""
-UPDATE campaign_lead SET lease_expires_at = :until
-WHERE claimed_by = :instance AND status = 'sending' AND lease_expires_at > :now
-""")
-
-
-def renew_claims(conn: Connection, *, instance: str, now: datetime, until: datetime) -> int:
-    """Extend the lease of every claim this sender still holds: a batch outlives one lease when the
-    SMTP server is slow, and only a sender that stopped beating should lose its claims."""
-    return _RENEW_CLAIMS.run(conn, {"instance": instance, "now": now, "until": until}).rowcount
-
-
 # --- The DB lock: leased sender slots -------------------------------------------------------------
 
 _ENSURE_SLOT = _sql("INSERT INTO sender_slot (slot) VALUES (:slot) ON CONFLICT DO NOTHING")

@@ -82,15 +82,13 @@ class SenderService:
         )
 
     def heartbeat(self) -> None:
-        """Renew the slot lease, the leases of the claims in hand and the instance heartbeat; without a
-        slot this sender stands by."""
+        """Renew the slot lease and the instance heartbeat; without a slot this sender stands by."""
         now = self.clock.now()
         until = now + timedelta(seconds=self.settings.lease_seconds)
         with self.engine.begin() as conn:
             slot = q.take_slot(
                 conn, slots=self.settings.max_senders, instance=self.ident.instance_id, now=now, until=until
             )
-            q.renew_claims(conn, instance=self.ident.instance_id, now=now, until=until)
             conn.execute(
                 update(SenderInstance.__table__)
                 .where(SenderInstance.__table__.c.id == self.ident.instance_id)

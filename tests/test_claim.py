@@ -329,25 +329,6 @@ def test_hand_over_alone_records_one_and_gates_the_next_as_one_transaction(engin
     assert send_row(engine, s3)["status"] == "sent"  # type: ignore[index]
 
 
-def test_renew_claims_extends_only_the_senders_own_live_leases(engine: Engine) -> None:
-    campaign = seed(engine, "renew", 3)
-    mine_live, mine_expired = claim(engine, campaign, 2, instance="i1")
-    (theirs,) = claim(engine, campaign, 1, instance="i2")
-    set_enrollment(engine, mine_expired.enrollment_id, lease_expires_at=T1 - timedelta(seconds=1))
-    later = T1 + LEASE * 2
-    with engine.begin() as conn:
-        assert q.renew_claims(conn, instance="i1", now=T1, until=later) == 1
-    assert enrollment(engine, mine_live.enrollment_id)["lease_expires_at"] == later
-    # An ended lease may already be the reaper's: never revived. Another sender's claim: not ours.
-    assert enrollment(engine, mine_expired.enrollment_id)["lease_expires_at"] == T1 - timedelta(seconds=1)
-    assert enrollment(engine, theirs.enrollment_id)["lease_expires_at"] == T1 + LEASE
-    with engine.begin() as conn:
-        assert q.expired_claims(conn, now=T1 + LEASE + timedelta(seconds=1)) == [
-            (mine_expired.enrollment_id, mine_expired.token),
-            (theirs.enrollment_id, theirs.token),
-        ]
-
-
 # --- 5. record, 6. reaper ------------------------------------------------------------------------
 
 
