@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -710,6 +710,35 @@ WHERE id = :enrollment_id AND claim_token = :token AND status = 'sending' AND le
 """)
 
 
+# Safe: locks the claim for the reap's transaction, so the holder's renewal (or record) either committed
+# before (and the claim is no longer expired) or waits and then finds it settled; never half of each.
+_LOCK_EXPIRED = """
+SELECT 1 FROM campaign_lead
+WHERE id = :enrollment_id AND claim_token = :token AND status = 'sending' AND lease_expires_at < :now{lock}
+"""
+# SQLite: the reap's BEGIN IMMEDIATE already excludes every other writer.
+_LOCK_EXPIRED_BY_DIALECT = {
+    "postgresql": _sql(_LOCK_EXPIRED.format(lock=" FOR UPDATE")),
+    "sqlite": _sql(_LOCK_EXPIRED.format(lock="")),
+}
+
+# Safe: CAS on the holder's token and a live lease only: an expired claim may already be the reaper's,
+# and stays expired.
+_RENEW_LEASE = _sql("""
+UPDATE campaign_lead SET lease_expires_at = :lease_until
+WHERE id = :enrollment_id AND claim_token = :token AND status = 'sending' AND lease_expires_at > :now
+""")
+
+
+def renew_leases(conn: Connection, claims: Iterable[Claimed], *, now: datetime, lease_until: datetime) -> int:
+    """Extend the leases of claims this sender still holds; returns how many were still live."""
+    renewed = 0
+    for c in claims:
+        params = {"enrollment_id": c.enrollment_id, "token": c.token, "now": now, "lease_until": lease_until}
+        renewed += _RENEW_LEASE.run(conn, params).rowcount
+    return renewed
+
+
 @dataclass(frozen=True)
 class Reaped:
     requeued: int
@@ -722,6 +751,12 @@ def expired_claims(conn: Connection, *, now: datetime, limit: int = 200) -> list
 
 def reap_one(conn: Connection, *, enrollment_id: int, token: str, now: datetime) -> EnrollmentStatus | None:
     """Settle one expired claim: back to queued if never transmitted, else unknown."""
+    if (
+        not _LOCK_EXPIRED_BY_DIALECT[conn.dialect.name]
+        .run(conn, {"enrollment_id": enrollment_id, "token": token, "now": now})
+        .all()
+    ):
+        return None  # renewed, recorded or reaped by someone else since it was listed
     _REAP_RESERVED.run(conn, {"token": token, "now": now})
     transmitted = _REAP_TRANSMITTING.run(conn, {"token": token, "now": now}).rowcount > 0
     status = EnrollmentStatus.UNKNOWN if transmitted else EnrollmentStatus.QUEUED

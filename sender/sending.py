@@ -229,7 +229,7 @@ def deliver_batch(
     clock: Clock,
     *,
     stop: threading.Event | None = None,
-    between: Callable[[], None] | None = None,
+    between: Callable[[Reservation | None], None] | None = None,
 ) -> PassStats:
     """Steps 3-5 for a batch of reservations, in order: gate, transmit, record each.
 
@@ -239,7 +239,8 @@ def deliver_batch(
     uncommitted hand-over leaves the previous send `transmitting` and the next `reserved`, exactly as
     a crash between two separate transactions would). `pending` is consumed from the front as each
     reservation is gated, released or failed, so the caller can give back what is left on shutdown.
-    `between` runs after each hand-over (the service's heartbeat); `stop` ends the batch after the
+    `between` runs after each hand-over (the service's heartbeat, which renews the leases of `pending`
+    and of the message it is given: transmitted, not yet recorded); `stop` ends the batch after the
     message in flight is recorded.
 
     On an SMTP connection that is already open, the next message's envelope (MAIL FROM, RCPT TO) goes
@@ -322,7 +323,7 @@ def deliver_batch(
                 previous = (upcoming, result)
                 stats.auth_failed = stats.auth_failed or result.auth_failed
             if between is not None:
-                between()
+                between(None if previous is None else previous[0])
     finally:
         with contextlib.suppress(Exception):  # never mask what ended the batch
             _abandon(transport, early)

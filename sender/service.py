@@ -6,7 +6,6 @@ import logging
 import os
 import socket
 import threading
-import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -57,7 +56,7 @@ class SenderService:
         self.slot: int | None = None
         self.stop_event = threading.Event()
         self._in_hand: list[Reservation] = []
-        self._last_heartbeat = 0.0
+        self._last_heartbeat: datetime | None = None  # database time, as the leases it renews
         self.totals = PassStats()
 
     # --- lifecycle -------------------------------------------------------------------------------
@@ -102,14 +101,39 @@ class SenderService:
             )
         self.slot = slot
         metrics.lock_state(slot)
-        self._last_heartbeat = time.monotonic()
+        self._last_heartbeat = now
 
-    def _heartbeat_if_due(self) -> None:
-        """During a long pass: keep the slot, and settle dead senders' claims without waiting for the
-        next tick."""
-        if time.monotonic() - self._last_heartbeat >= self.settings.lease_seconds / 3:
+    def _heartbeat_if_due(self, in_flight: Reservation | None = None) -> None:
+        """During a long pass: keep the slot and the claims in hand (a batch may take longer than a
+        lease to a slow server), and settle dead senders' claims without waiting for the next tick."""
+        last = self._last_heartbeat
+        if last is None or (self.clock.now() - last).total_seconds() >= self.settings.lease_seconds / 3:
             self.heartbeat()
+            self.renew_claims(in_flight)
             self.reap()
+
+    def renew_claims(self, in_flight: Reservation | None = None) -> int:
+        """Extend the leases of this pass's claims: the one just transmitted (recorded at the next
+        hand-over) and those not yet gated. Only these: a claim of an aborted pass is never renewed,
+        so if it cannot be released its lease runs out and the reaper settles it."""
+        held = [r.claimed for r in ([in_flight] if in_flight is not None else []) + self._in_hand]
+        if not held:
+            return 0
+        now = self.clock.now()
+        until = now + timedelta(seconds=self.settings.lease_seconds)
+        with self.engine.begin() as conn:
+            renewed = q.renew_leases(conn, held, now=now, lease_until=until)
+        if renewed < len(held):
+            log.warning("renewed %d of %d claims in hand: the rest had expired", renewed, len(held))
+        return renewed
+
+    def _release_leftovers(self) -> None:
+        """Claims a pass left in hand when the database failed under it: give them back (a CAS, safe
+        whatever happened to them meanwhile) instead of waiting out their lease."""
+        if self._in_hand:
+            released = release_all(self.engine, self._in_hand, self.clock)
+            log.info("released %d of %d claims left by an interrupted pass", released, len(self._in_hand))
+            self._in_hand = []
 
     def shutdown(self) -> None:
         """Release what this sender holds: unsent claims, its slot, and mark the instance stopped."""
@@ -239,6 +263,7 @@ class SenderService:
 
     def tick(self) -> TickReport:
         self.heartbeat()
+        self._release_leftovers()
         reaped = self.reap()
         stats = self.send_pass()
         self.totals.add(stats)

@@ -477,6 +477,66 @@ def test_take_slot_hands_out_at_most_n_slots_and_expired_ones_can_be_taken_over(
     assert sorted(s for s in got if s is not None) == [0, 1, 2] and got.count(None) == 3
 
 
+def test_the_holder_renews_live_leases_only_and_a_renewed_claim_is_not_the_reapers(engine: Engine) -> None:
+    campaign = seed(engine, "renew", 3)
+    (live, live_send), (stale, _), (other, _) = claim_and_reserve(engine, campaign, 3)
+    later = T1 + LEASE - timedelta(seconds=5)
+    set_enrollment(engine, stale.enrollment_id, lease_expires_at=later - timedelta(seconds=1))
+    with engine.begin() as conn:
+        renewed = q.renew_leases(
+            conn, [live, stale, replace(other, token="not-ours")], now=later, lease_until=later + LEASE
+        )
+    assert renewed == 1  # the expired one may be a reaper's already; the other token is not ours
+    assert enrollment(engine, live.enrollment_id)["lease_expires_at"] == later + LEASE
+    assert enrollment(engine, other.enrollment_id)["lease_expires_at"] == T1 + LEASE
+
+    with engine.begin() as conn:
+        assert q.expired_claims(conn, now=AFTER_LEASE) == [
+            (stale.enrollment_id, stale.token),
+            (other.enrollment_id, other.token),
+        ]
+        # Listed as expired before the renewal landed: reap_one re-checks under its lock.
+        assert q.reap_one(conn, enrollment_id=live.enrollment_id, token=live.token, now=AFTER_LEASE) is None
+        assert q.reap_one(conn, enrollment_id=stale.enrollment_id, token=stale.token, now=AFTER_LEASE) == (
+            EnrollmentStatus.QUEUED
+        )
+    assert enrollment(engine, live.enrollment_id)["status"] == "sending"
+    with engine.begin() as conn:
+        assert q.commit_to_transmit(conn, live, send_id=live_send, now=AFTER_LEASE)
+
+
+def test_a_reap_racing_a_renewal_on_postgresql_is_all_or_nothing(pg_url: str) -> None:
+    """The reaper locks the claim before touching anything: a reap that listed the claim as expired
+    while the holder's renewal was committing waits for it and then leaves the claim alone, instead of
+    deferring the send under a claim that lives on."""
+    prepare_database(pg_url)
+    engine = make_engine(pg_url)
+    try:
+        campaign = seed(engine, "race-renew", 1)
+        [(c, send_id)] = claim_and_reserve(engine, campaign, 1)
+        reaped: list[EnrollmentStatus | None] = []
+        reaper_done = threading.Event()
+
+        def reap() -> None:
+            with engine.begin() as conn:  # its clock is past the lease: a skewed host, or a late renewal
+                reaped.append(q.reap_one(conn, enrollment_id=c.enrollment_id, token=c.token, now=AFTER_LEASE))
+            reaper_done.set()
+
+        with engine.begin() as holder:
+            assert q.renew_leases(holder, [c], now=T1 + LEASE / 2, lease_until=AFTER_LEASE + LEASE) == 1
+            thread = threading.Thread(target=reap)
+            thread.start()
+            assert not reaper_done.wait(0.5), "the reap must wait for the renewal's row lock"
+        thread.join(timeout=15)
+        assert reaped == [None]
+        assert enrollment(engine, c.enrollment_id)["status"] == "sending"
+        assert send_row(engine, send_id)["status"] == "reserved"  # type: ignore[index]
+        with engine.begin() as conn:
+            assert q.commit_to_transmit(conn, c, send_id=send_id, now=AFTER_LEASE)
+    finally:
+        engine.dispose()
+
+
 # --- concurrency (PostgreSQL: real row locks between two connections) ----------------------------
 
 

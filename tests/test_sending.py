@@ -72,7 +72,7 @@ def _deliver_all(
     try:
         stats = deliver_batch(
             engine, transport, plan, list(batch.reservations), SETTINGS, clock,
-            between=None if between is None else lambda: between(clock),
+            between=None if between is None else lambda _in_flight: between(clock),
         )  # fmt: skip
     finally:
         transport.close()
