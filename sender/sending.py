@@ -33,7 +33,7 @@ from sender.config import Settings
 from sender.message import Outgoing, message_id, prepare_message
 from sender.pacing import local_day_start
 from sender.templates import render
-from sender.transport import Envelope, Outcome, SendResult, SmtpTransport, Transport
+from sender.transport import Ahead, Envelope, Outcome, SendResult, SmtpTransport, Transport
 
 log = logging.getLogger("sendguard.sender")
 
@@ -253,7 +253,7 @@ def deliver_batch(
     stats = PassStats()
     previous: tuple[Reservation, SendResult] | None = None
     helper: ThreadPoolExecutor | None = None
-    early: Future[Envelope | SendResult] | None = None  # the upcoming message's envelope, in flight
+    early: Future[Envelope | SendResult] | Ahead | None = None  # the upcoming message's envelope, in flight
     # After a refused gate (usually a pause: every later gate of the batch is refused too), envelopes
     # wait for their gate again, so a paused campaign stops talking to the server at once.
     ahead_ok = True
@@ -276,12 +276,15 @@ def deliver_batch(
                     fp.hit(fp.AFTER_RESERVE)
             started = time.monotonic()
             if ahead_ok and msg is not None and isinstance(transport, SmtpTransport) and transport.connected:
-                helper = helper or ThreadPoolExecutor(max_workers=1, thread_name_prefix="sendguard-envelope")
                 assert upcoming is not None
-                early = helper.submit(
-                    contextvars.copy_context().run,  # its log lines carry this thread's bound fields
-                    transport.open_envelope, msg, plan.envelope_from, upcoming.lead.email,
-                )  # fmt: skip
+                if transport.pipelining:  # written now, its replies read after the hand-over: no thread
+                    early = transport.write_envelope(msg, plan.envelope_from, upcoming.lead.email)
+                else:
+                    helper = helper or ThreadPoolExecutor(1, thread_name_prefix="sendguard-envelope")
+                    early = helper.submit(
+                        contextvars.copy_context().run,  # its log lines carry this thread's bound fields
+                        transport.open_envelope, msg, plan.envelope_from, upcoming.lead.email,
+                    )  # fmt: skip
             try:
                 conn, gate = _hand_over(conn, engine, previous, upcoming, render_error, settings, clock)
             except _GaveUp:
@@ -332,7 +335,7 @@ def deliver_batch(
         conn.close()
 
 
-def _abandon(transport: Transport, early: Future[Envelope | SendResult] | None) -> None:
+def _abandon(transport: Transport, early: Future[Envelope | SendResult] | Ahead | None) -> None:
     """An envelope whose message must not be sent: wait for it, and reset it if it was accepted."""
     if early is None:
         return None

@@ -23,6 +23,7 @@ import smtplib
 import socket
 import ssl
 import tempfile
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -71,9 +72,40 @@ class Transport(Protocol):
 
 @dataclass(frozen=True)
 class Envelope:
-    """An SMTP transaction whose MAIL FROM and RCPT TO were accepted: no byte of the message has left."""
+    """An SMTP transaction whose MAIL FROM and RCPT TO were accepted: no byte of the message has left.
+
+    With PIPELINING, DATA went out with them and was accepted too (`data_open`): the server waits for
+    the message, so the connection can carry nothing else; giving the envelope up closes it."""
 
     wire: bytes
+    sender: str = ""
+    recipient: str = ""
+    smtputf8: bool = False
+    data_open: bool = False
+    opened_at: float = 0.0
+
+
+class Ahead:
+    """An envelope opened ahead of its gate (`SmtpTransport.write_envelope`). `result()` gives what
+    `open_envelope` would have: with `unread`, the replies are still on their way and read then."""
+
+    def __init__(
+        self, transport: SmtpTransport, opened: Envelope | SendResult, *, unread: bool = False
+    ) -> None:
+        self._transport, self._opened, self._unread = transport, opened, unread
+
+    def result(self) -> Envelope | SendResult:
+        if self._unread:
+            assert isinstance(self._opened, Envelope)
+            self._unread = False
+            self._opened = self._transport._read_ahead(self._opened)
+        return self._opened
+
+
+# An open DATA is only used this soon after the 354: a server under load may time out a client that
+# keeps it waiting (Postfix drops to 10 s under stress), and the payload must never go into a
+# connection the server may have closed, where its reply would be lost and the outcome unknown.
+_DATA_OPEN_SECONDS = 5.0
 
 
 # Long enough for a useful server diagnostic, short enough for a log line and a DB column.
@@ -488,22 +520,39 @@ class SmtpTransport:
         """A connection is open (it may still turn out dead on reuse: `open_envelope` handles that)."""
         return self._smtp is not None
 
+    @property
+    def pipelining(self) -> bool:
+        """The open connection's server offered PIPELINING (RFC 2920)."""
+        return self._smtp is not None and bool(self._smtp.has_extn("pipelining"))
+
     def send(self, msg: Outgoing, sender: str, recipient: str) -> SendResult:
         opened = self.open_envelope(msg, sender, recipient)
         return opened if isinstance(opened, SendResult) else self.send_data(opened)
 
     def open_envelope(self, msg: Outgoing, sender: str, recipient: str) -> Envelope | SendResult:
-        """The first half of a send: connect if needed, MAIL FROM and RCPT TO. An Envelope when both
-        were accepted (nothing of the message has left yet: `send_data` sends it, `abandon` resets),
-        else the attempt's final result."""
+        """The first half of a send: connect if needed, MAIL FROM and RCPT TO, and DATA with them when
+        the server offers PIPELINING. An Envelope when all were accepted (nothing of the message has
+        left yet: `send_data` sends it, `abandon` gives it up), else the attempt's final result."""
+        prepared = self._prepare(msg, sender, recipient)
+        if isinstance(prepared, SendResult):
+            return prepared
+        wire, smtputf8 = prepared
+        return self._start(wire, sender, recipient, smtputf8, pipeline=True)
+
+    def _prepare(self, msg: Outgoing, sender: str, recipient: str) -> tuple[bytes, bool] | SendResult:
+        """The message as it goes on the wire, and whether it needs SMTPUTF8; or why it cannot go."""
         if _bad_address(sender) or _bad_address(recipient):
             return self._result(Outcome.FAILED, None, "invalid envelope address", "mail")
         smtputf8 = not (sender.isascii() and recipient.isascii())
         try:
-            wire = _dot_stuffed(_message_bytes(msg, smtputf8=smtputf8))
+            return _dot_stuffed(_message_bytes(msg, smtputf8=smtputf8)), smtputf8
         except Exception as exc:  # any serialization error makes the message unsendable
             return self._result(Outcome.FAILED, None, f"cannot serialize message: {exc!r}", "payload")
 
+    def _start(
+        self, wire: bytes, sender: str, recipient: str, smtputf8: bool, *, pipeline: bool
+    ) -> Envelope | SendResult:
+        """Connect if needed, then the envelope (with DATA, if `pipeline` and the server offers it)."""
         if self._smtp is not None and not self._idle_connection_alive(self._smtp):
             log.info("SMTP connection to %s went away while idle; reconnecting", self._settings.redacted)
             self._drop()
@@ -513,41 +562,58 @@ class SmtpTransport:
                 failure = self._open()
                 if failure is not None:
                     return failure
-            assert self._smtp is not None
+            smtp = self._smtp
+            assert smtp is not None
+            data_open = pipeline and smtp.has_extn("pipelining")
             try:
-                refused = self._envelope(self._smtp, wire, sender, recipient, smtputf8, fresh=fresh)
-                return Envelope(wire) if refused is None else refused
+                if data_open:
+                    refused = self._pipelined(smtp, wire, sender, recipient, smtputf8, fresh=fresh)
+                else:
+                    refused = self._envelope(smtp, wire, sender, recipient, smtputf8, fresh=fresh)
             except _StaleConnection:
                 # Only a reused connection raises this, and the retry runs on a fresh one, so this
                 # loop reconnects at most once.
                 log.info("SMTP connection to %s was dead on reuse; reconnecting", self._settings.redacted)
                 self._drop()
+                continue
+            if refused is not None:
+                return refused
+            return Envelope(wire, sender, recipient, smtputf8, data_open, time.monotonic())
 
     def send_data(self, envelope: Envelope) -> SendResult:
-        """The second half of a send: DATA, the payload, the server's verdict."""
+        """The second half of a send: DATA (unless pipelined already), the payload, the server's verdict."""
         smtp = self._smtp
         if smtp is None:  # cannot happen after an accepted envelope; never send without one
             return self._result(Outcome.DEFERRED, None, "connection lost before DATA", "data")
-        return self._payload(smtp, envelope.wire)
+        if not envelope.data_open:
+            refused = self._data_command(smtp)
+            return refused if refused is not None else self._message(smtp, envelope.wire)
+        waited = time.monotonic() - envelope.opened_at
+        if waited > _DATA_OPEN_SECONDS or not self._idle_connection_alive(smtp):
+            # Kept waiting (the gate retried through a database outage) or the server spoke meanwhile:
+            # nothing of the message has left, so start over on a fresh connection.
+            log.info("open DATA on %s is stale; reconnecting", self._settings.redacted)
+            self._drop()
+            e = envelope
+            opened = self._start(e.wire, e.sender, e.recipient, e.smtputf8, pipeline=False)
+            return opened if isinstance(opened, SendResult) else self.send_data(opened)
+        return self._message(smtp, envelope.wire)
 
     def abandon(self, envelope: Envelope) -> None:
-        """Give up an accepted envelope without sending the message (RSET)."""
-        self._reset()
+        """Give up an accepted envelope without sending the message: RSET, or with DATA already open,
+        close the connection (a server never delivers a message whose end it did not receive)."""
+        if envelope.data_open:
+            self._drop()
+        else:
+            self._reset()
 
     def _envelope(
         self, smtp: smtplib.SMTP, wire: bytes, sender: str, recipient: str, smtputf8: bool, *, fresh: bool
     ) -> SendResult | None:
         """MAIL FROM and RCPT TO: None when both were accepted, else the attempt's result."""
-        options: list[str] = []
-        if smtputf8:
-            if not smtp.has_extn("smtputf8"):
-                self._reset()
-                return self._result(
-                    Outcome.FAILED, None, "server does not support SMTPUTF8 (non-ASCII address)", "mail"
-                )
-            options.append("SMTPUTF8")
-        if smtp.has_extn("8bitmime") and not wire.isascii():
-            options.append("BODY=8BITMIME")
+        options = self._mail_options(smtp, wire, smtputf8)
+        if isinstance(options, SendResult):
+            return options
 
         # MAIL: the first command of the transaction. If a reused connection fails here, nothing of
         # this message has reached the server, so a transparent reconnect cannot duplicate it.
@@ -573,7 +639,116 @@ class SmtpTransport:
             return self._reply_result(code, resp, "rcpt")
         return None
 
-    def _payload(self, smtp: smtplib.SMTP, wire: bytes) -> SendResult:
+    def _pipelined(
+        self, smtp: smtplib.SMTP, wire: bytes, sender: str, recipient: str, smtputf8: bool, *, fresh: bool
+    ) -> SendResult | None:
+        """MAIL FROM, RCPT TO and DATA in one write (RFC 2920, the server offered PIPELINING), then
+        their replies in order: one round trip where three took three. None when DATA was accepted
+        (354: the server now waits for the message), else the attempt's result."""
+        refused = self._write_pipelined(smtp, wire, sender, recipient, smtputf8, fresh=fresh)
+        return refused if refused is not None else self._read_pipelined(smtp, fresh=fresh)
+
+    def _write_pipelined(
+        self, smtp: smtplib.SMTP, wire: bytes, sender: str, recipient: str, smtputf8: bool, *, fresh: bool
+    ) -> SendResult | None:
+        options = self._mail_options(smtp, wire, smtputf8)
+        if isinstance(options, SendResult):
+            return options
+        mail_args = (" " + " ".join(options)) if options else ""
+        commands = f"mail FROM:{smtplib.quoteaddr(sender)}{mail_args}\r\nrcpt TO:{smtplib.quoteaddr(recipient)}\r\ndata\r\n"
+        try:
+            smtp.send(commands.encode("utf-8" if smtputf8 else "ascii"))
+        except smtplib.SMTPServerDisconnected as exc:
+            if not fresh:
+                raise _StaleConnection from exc
+            return self._lost("mail", exc)
+        except (smtplib.SMTPException, OSError, UnicodeError) as exc:
+            return self._lost("mail", exc)
+        return None
+
+    def _read_pipelined(self, smtp: smtplib.SMTP, *, fresh: bool) -> SendResult | None:
+        try:
+            code, resp = smtp.getreply()
+        except smtplib.SMTPServerDisconnected as exc:
+            # As with MAIL alone: nothing of this message reached a dead reused connection.
+            if not fresh and not isinstance(exc.__context__, TimeoutError):
+                raise _StaleConnection from exc
+            return self._lost("mail", exc)
+        except (smtplib.SMTPException, OSError) as exc:
+            return self._lost("mail", exc)
+        if code == 421 and not fresh:
+            raise _StaleConnection
+        replies = [(code, resp)]
+        try:
+            if code != 421:  # a server that closes says nothing more
+                replies.append(smtp.getreply())
+                replies.append(smtp.getreply())
+        except (smtplib.SMTPException, OSError) as exc:
+            return self._lost("rcpt" if len(replies) == 1 else "data", exc)
+        codes = [c for c, _ in replies] + [None, None]
+        accepted = [200 <= code < 300, codes[1] is not None and 200 <= codes[1] < 300, codes[2] == 354]
+        if accepted == [True, True, True]:
+            return None
+        if accepted[2]:
+            # DATA opened although the envelope was refused (a server that should have said 503):
+            # the next line would be taken as the message. Never send one on it.
+            self._drop()
+        for (code, resp), phase, ok in zip(replies, ("mail", "rcpt", "data"), accepted, strict=False):
+            if not ok:
+                return self._reply_result(code, resp, phase)
+        raise AssertionError(replies)  # unreachable: one of them was refused
+
+    # -- writing ahead (PIPELINING): the server reads the envelope while the caller commits the gate --
+
+    def write_envelope(self, msg: Outgoing, sender: str, recipient: str) -> Ahead:
+        """`open_envelope` in two halves: on a reused PIPELINING connection write MAIL, RCPT and DATA
+        now and read their replies in `Ahead.result()`, with no thread; otherwise open it now."""
+        prepared = self._prepare(msg, sender, recipient)
+        if isinstance(prepared, SendResult):
+            return Ahead(self, prepared)
+        wire, smtputf8 = prepared
+        smtp = self._smtp
+        if smtp is None or not smtp.has_extn("pipelining") or not self._idle_connection_alive(smtp):
+            return Ahead(self, self._start(wire, sender, recipient, smtputf8, pipeline=True))
+        try:
+            refused = self._write_pipelined(smtp, wire, sender, recipient, smtputf8, fresh=False)
+        except _StaleConnection:
+            self._drop()
+            return Ahead(self, self._start(wire, sender, recipient, smtputf8, pipeline=True))
+        if refused is not None:
+            return Ahead(self, refused)
+        return Ahead(self, Envelope(wire, sender, recipient, smtputf8, True, time.monotonic()), unread=True)
+
+    def _read_ahead(self, envelope: Envelope) -> Envelope | SendResult:
+        smtp = self._smtp
+        if smtp is None:
+            return self._start(
+                envelope.wire, envelope.sender, envelope.recipient, envelope.smtputf8, pipeline=True
+            )
+        try:
+            refused = self._read_pipelined(smtp, fresh=False)
+        except _StaleConnection:
+            log.info("SMTP connection to %s was dead on reuse; reconnecting", self._settings.redacted)
+            self._drop()
+            e = envelope
+            return self._start(e.wire, e.sender, e.recipient, e.smtputf8, pipeline=True)
+        return refused if refused is not None else envelope
+
+    def _mail_options(self, smtp: smtplib.SMTP, wire: bytes, smtputf8: bool) -> list[str] | SendResult:
+        options: list[str] = []
+        if smtputf8:
+            if not smtp.has_extn("smtputf8"):
+                self._reset()
+                return self._result(
+                    Outcome.FAILED, None, "server does not support SMTPUTF8 (non-ASCII address)", "mail"
+                )
+            options.append("SMTPUTF8")
+        if smtp.has_extn("8bitmime") and not wire.isascii():
+            options.append("BODY=8BITMIME")
+        return options
+
+    def _data_command(self, smtp: smtplib.SMTP) -> SendResult | None:
+        """DATA on its own: None when the server waits for the message (354)."""
         try:
             smtp.putcmd("data")
             code, resp = smtp.getreply()
@@ -581,7 +756,10 @@ class SmtpTransport:
             return self._lost("data", exc)
         if code != 354:
             return self._reply_result(code, resp, "data")
+        return None
 
+    def _message(self, smtp: smtplib.SMTP, wire: bytes) -> SendResult:
+        """The payload and its terminating dot, then the server's verdict."""
         sock = smtp.sock
         if sock is None:
             return self._lost("payload", smtplib.SMTPServerDisconnected("socket closed"))
@@ -680,14 +858,19 @@ class DryRunTransport:
         """A connection is open (it may still turn out dead on reuse: `open_envelope` handles that)."""
         return self._smtp is not None
 
+    @property
+    def pipelining(self) -> bool:
+        """The open connection's server offered PIPELINING (RFC 2920)."""
+        return self._smtp is not None and bool(self._smtp.has_extn("pipelining"))
+
     def send(self, msg: Outgoing, sender: str, recipient: str) -> SendResult:
         opened = self.open_envelope(msg, sender, recipient)
         return opened if isinstance(opened, SendResult) else self.send_data(opened)
 
     def open_envelope(self, msg: Outgoing, sender: str, recipient: str) -> Envelope | SendResult:
-        """The first half of a send: connect if needed, MAIL FROM and RCPT TO. An Envelope when both
-        were accepted (nothing of the message has left yet: `send_data` sends it, `abandon` resets),
-        else the attempt's final result."""
+        """The first half of a send: connect if needed, MAIL FROM and RCPT TO, and DATA with them when
+        the server offers PIPELINING. An Envelope when all were accepted (nothing of the message has
+        left yet: `send_data` sends it, `abandon` gives it up), else the attempt's final result."""
         if _bad_address(sender) or _bad_address(recipient):
             return SendResult(Outcome.FAILED, None, "invalid envelope address", "mail")
         try:

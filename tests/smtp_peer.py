@@ -151,6 +151,20 @@ class _PeerHandler:
     def __init__(self, peer: SmtpPeer) -> None:
         self.peer = peer
 
+    async def handle_EHLO(
+        self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname  # what aiosmtpd does without this hook
+        if not self.peer.pipelining:
+            return responses
+        # As `sendguard sink` does: Nagle off (two pipelined replies in a row otherwise wait 40 ms for
+        # the client's delayed ACK), and PIPELINING offered.
+        assert server.transport is not None
+        sock = server.transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return [*responses[:-1], "250-PIPELINING", responses[-1]]
+
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, mail_options: list[str]
     ) -> str:
@@ -231,8 +245,12 @@ class SmtpPeer:
         port: int = 0,
         phases: tuple[str, ...] = DEFAULT_PHASES,
         smtp_kwargs: dict[str, Any] | None = None,
+        pipelining: bool = False,
     ) -> None:
-        """`smtp_kwargs` go to aiosmtpd's SMTP, e.g. an `authenticator` with `auth_require_tls=False`."""
+        """`smtp_kwargs` go to aiosmtpd's SMTP, e.g. an `authenticator` with `auth_require_tls=False`.
+        `pipelining` offers PIPELINING (RFC 2920) in the EHLO reply, as `sendguard sink` and most real
+        servers do."""
+        self.pipelining = pipelining
         self._smtp_kwargs = dict(smtp_kwargs or {})
         unknown = set(phases) - set(PHASES)
         if unknown:
@@ -373,8 +391,11 @@ def smtp_peer_factory() -> Iterator[Callable[..., SmtpPeer]]:
         port: int = 0,
         phases: tuple[str, ...] = DEFAULT_PHASES,
         smtp_kwargs: dict[str, Any] | None = None,
+        pipelining: bool = False,
     ) -> SmtpPeer:
-        peer = SmtpPeer(faults, port=port, phases=phases, smtp_kwargs=smtp_kwargs).start()
+        peer = SmtpPeer(
+            faults, port=port, phases=phases, smtp_kwargs=smtp_kwargs, pipelining=pipelining
+        ).start()
         peers.append(peer)
         return peer
 

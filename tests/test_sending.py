@@ -53,6 +53,7 @@ def _deliver_all(
     *,
     before: Callable[[FixedClock], None] | None = None,
     between: Callable[[FixedClock], None] | None = None,
+    pipelining: bool = False,
 ) -> tuple[PassStats, SmtpPeer, list[tuple[str, str]]]:
     """Claim the three leads and deliver them to a real peer that notes each command it is asked about
     (phase, recipient). `before` runs after the claim, `between` after each hand-over."""
@@ -62,7 +63,7 @@ def _deliver_all(
         seen.append((phase, rcpt))
         return None  # no fault: only watch the commands arrive
 
-    peer = factory(record, phases=PHASES)
+    peer = factory(record, phases=PHASES, pipelining=pipelining)
     clock = FixedClock(T0 + timedelta(seconds=1))
     plan = _plan(engine)
     batch = claim_batch(engine, plan, IDENT, SETTINGS, clock, 3)
@@ -94,8 +95,20 @@ def _states(engine: Engine) -> list[tuple[str, str]]:
         return [(r[0], r[1]) for r in rows]
 
 
+@pytest.mark.parametrize("pipelining", [False, True], ids=["one-by-one", "pipelining"])
+def test_a_batch_goes_out_on_one_connection_each_envelope_ahead_of_its_gate(
+    engine: Engine, smtp_peer_factory: Callable[..., SmtpPeer], pipelining: bool
+) -> None:
+    stats, peer, seen = _deliver_all(engine, smtp_peer_factory, pipelining=pipelining)
+    assert (stats.sent, stats.released) == (3, 0)
+    assert peer.count() == 3 and peer.connections() == 1
+    assert peer.per_recipient() == {f"lead{i}@example.com": 1 for i in range(3)}
+    assert {s for _, s in _states(engine)} == {"sent"}
+
+
+@pytest.mark.parametrize("pipelining", [False, True], ids=["one-by-one", "pipelining"])
 def test_a_gate_refused_mid_batch_resets_the_early_envelope_and_sends_nothing(
-    engine: Engine, smtp_peer_factory: Callable[..., SmtpPeer]
+    engine: Engine, smtp_peer_factory: Callable[..., SmtpPeer], pipelining: bool
 ) -> None:
     paused: list[bool] = []
 
@@ -104,12 +117,15 @@ def test_a_gate_refused_mid_batch_resets_the_early_envelope_and_sends_nothing(
             _pause(engine, clock)
             paused.append(True)
 
-    stats, peer, seen = _deliver_all(engine, smtp_peer_factory, between=pause_after_the_first)
+    stats, peer, seen = _deliver_all(
+        engine, smtp_peer_factory, between=pause_after_the_first, pipelining=pipelining
+    )
 
     assert (stats.sent, stats.released) == (1, 2)
     assert peer.count() == 1 and peer.connections() == 1
-    # The second envelope went out on the open connection while its gate was refused, and was reset:
-    # the server saw its RCPT TO, never its DATA. After that refusal the third waited for its gate
+    # The second envelope went out on the open connection while its gate was refused, and was reset
+    # (RSET; with PIPELINING its DATA was open too, so the connection was closed instead): the server
+    # saw its RCPT TO, never its message. After that refusal the third waited for its gate
     # (refused too: the campaign is paused), so the server never heard of it.
     assert [r for phase, r in seen if phase == "rcpt"] == ["lead0@example.com", "lead1@example.com"]
     assert [r for phase, r in seen if phase == "data_end"] == ["lead0@example.com"]

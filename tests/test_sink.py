@@ -95,6 +95,23 @@ def test_stores_messages_in_maildir_and_prints_them(
         pass
 
 
+def test_offers_pipelining_and_answers_pipelined_commands(sink: tuple[int, Path, SinkThread]) -> None:
+    """MAIL, RCPT and DATA in one write get their three replies in order, and the message that follows
+    is stored. (Without TCP_NODELAY on the sink's side the last two wait 40 ms for the client's delayed
+    ACK: bench/throughput.py --transport smtp shows it, a timed test would not.)"""
+    port, maildir, _ = sink
+    with smtplib.SMTP("127.0.0.1", port, timeout=5) as client:
+        client.ehlo()
+        assert client.has_extn("pipelining")
+        client.send(b"MAIL FROM:<ana@example.com>\r\nRCPT TO:<lead@example.com>\r\nDATA\r\n")
+        codes = [client.getreply()[0] for _ in range(3)]
+        assert codes == [250, 250, 354]
+        client.send(b"Message-ID: <p1@sendguard.test>\r\nSubject: p\r\n\r\nHi.\r\n.\r\n")
+        assert client.getreply()[0] == 250
+    stored = list(mailbox.Maildir(str(maildir), create=False))
+    assert [m["Message-ID"] for m in stored] == ["<p1@sendguard.test>"]
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_stops_cleanly_on_signal_in_the_main_thread(
     signum: int, tmp_path: Path, capsys: pytest.CaptureFixture[str]

@@ -8,6 +8,7 @@ must mean not stored, and "UNKNOWN" is reserved for the window after the final d
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import email
 import email.policy
 import logging
@@ -78,6 +79,14 @@ class Recorder:
         self.idle_closed = threading.Event()
         self.auth_attempts: list[tuple[str, bytes]] = []
 
+    pipelining = False  # set by the `serve` fixture: offer PIPELINING (RFC 2920) in the EHLO reply
+
+    async def handle_EHLO(
+        self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname  # what aiosmtpd does without this hook
+        return [*responses[:-1], "250-PIPELINING", responses[-1]] if self.pipelining else responses
+
     def _reply(self, phase: str, server: SMTP) -> str | None:
         with self.lock:
             self.calls[phase] += 1
@@ -124,6 +133,9 @@ class Recorder:
 class CountingSMTP(SMTP):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         first = self.transport is None
+        sock = transport.get_extra_info("socket")
+        if sock is not None:  # as `sendguard sink`: pipelined replies must not wait on Nagle
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         super().connection_made(transport)
         if first:
             with self.event_handler.lock:
@@ -168,14 +180,17 @@ class ResetDuringPayloadSMTP(CountingSMTP):
 Serve = Callable[..., tuple[BoundController, Recorder]]
 
 
-@pytest.fixture
-def serve() -> Iterator[Serve]:
+@pytest.fixture(params=[False, True], ids=["one-by-one", "pipelining"])
+def serve(request: pytest.FixtureRequest) -> Iterator[Serve]:
+    """Every test runs against a server that offers PIPELINING and one that does not: the transport
+    then sends MAIL, RCPT and DATA in one write, and every outcome must stay the same."""
     controllers: list[BoundController] = []
 
     def start(
         handler: Recorder | None = None, smtp_class: type[SMTP] = CountingSMTP, **kwargs: Any
     ) -> tuple[BoundController, Recorder]:
         handler = handler or Recorder()
+        handler.pipelining = request.param
         controller = BoundController(handler, smtp_class=smtp_class, **kwargs)
         controller.start()
         controllers.append(controller)
@@ -209,7 +224,8 @@ def transports() -> Iterator[Callable[..., SmtpTransport]]:
 def test_an_abandoned_envelope_sends_nothing_and_the_connection_goes_on(
     serve: Serve, transports: Callable[..., SmtpTransport]
 ) -> None:
-    """What the sender does when a gate refuses a message whose envelope is already out: RSET."""
+    """What the sender does when a gate refuses a message whose envelope is already out: RSET; or,
+    with PIPELINING, where DATA went out with the envelope, close the connection."""
     controller, rec = serve()
     t = transports(controller.url)
     assert not t.connected
@@ -223,7 +239,7 @@ def test_an_abandoned_envelope_sends_nothing_and_the_connection_goes_on(
     opened = t.open_envelope(_message(3), SENDER, "lead3@example.com")
     assert isinstance(opened, Opened)
     assert t.send_data(opened).outcome is Outcome.SENT
-    assert rec.connections == 1
+    assert rec.connections == (2 if rec.pipelining else 1)
     assert [e[1] for e in rec.envelopes] == [["lead1@example.com"], ["lead3@example.com"]]
 
 
@@ -755,3 +771,88 @@ def test_dry_run_directory_that_cannot_be_created(tmp_path: Path) -> None:
     blocker.write_text("not a directory")
     with pytest.raises(UsageError, match="cannot create dry-run directory"):
         make_transport(None, str(blocker / "sub"))
+
+
+# ------------------------------------------------------------------------------ PIPELINING (RFC 2920)
+
+
+class PipelineWatcher(Recorder):
+    """Notes, at each MAIL, whether RCPT and DATA were already waiting behind it: one write, one round trip."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batched: list[bool] = []
+
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        waiting = bytes(server._reader._buffer).lower()  # type: ignore[attr-defined]
+        self.batched.append(b"rcpt to:" in waiting and b"data\r\n" in waiting)
+        return await super().handle_MAIL(server, session, envelope, address, options)
+
+
+@pytest.mark.parametrize("serve", [True], ids=["pipelining"], indirect=True)
+def test_with_pipelining_mail_rcpt_and_data_go_in_one_write(
+    serve: Serve, transports: Callable[..., SmtpTransport]
+) -> None:
+    controller, rec = serve(PipelineWatcher())
+    assert isinstance(rec, PipelineWatcher)
+    t = transports(controller.url)
+    for n in (1, 2):
+        assert t.send(_message(n), SENDER, f"lead{n}@example.com").outcome is Outcome.SENT
+    assert t.pipelining
+    assert rec.batched == [True, True]
+    assert rec.count() == 2 and rec.connections == 1
+
+
+@pytest.mark.parametrize("serve", [True], ids=["pipelining"], indirect=True)
+def test_an_open_data_kept_waiting_too_long_is_never_used(
+    serve: Serve, transports: Callable[..., SmtpTransport]
+) -> None:
+    """The gate waited on the database: the server may have timed the open DATA out, and a message sent
+    into a closed connection would be of unknown outcome. It goes out on a fresh connection instead."""
+    controller, rec = serve()
+    t = transports(controller.url)
+    opened = t.open_envelope(_message(1), SENDER, "lead1@example.com")
+    assert isinstance(opened, Opened) and opened.data_open
+    stale = dataclasses.replace(opened, opened_at=opened.opened_at - 60)
+    assert t.send_data(stale).outcome is Outcome.SENT
+    assert rec.count() == 1 and rec.connections == 2
+    assert [e[1] for e in rec.envelopes] == [["lead1@example.com"]]
+
+
+@pytest.mark.parametrize("serve", [True], ids=["pipelining"], indirect=True)
+def test_an_envelope_written_ahead_is_read_after_and_survives_a_dead_connection(
+    serve: Serve, transports: Callable[..., SmtpTransport]
+) -> None:
+    """`write_envelope` writes now and reads the replies later (the sender commits its gate between);
+    a reused connection found dead at that read is replaced, and the message goes out once."""
+    controller, rec = serve(smtp_class=DropOnSecondMailSMTP)
+    t = transports(controller.url)
+    assert t.send(_message(1), SENDER, "lead1@example.com").outcome is Outcome.SENT
+    ahead = t.write_envelope(_message(2), SENDER, "lead2@example.com")
+    opened = ahead.result()
+    assert isinstance(opened, Opened) and opened.data_open
+    assert ahead.result() is opened  # read once
+    assert t.send_data(opened).outcome is Outcome.SENT
+    assert [e[1] for e in rec.envelopes] == [["lead1@example.com"], ["lead2@example.com"]]
+    assert rec.connections == 2
+
+
+@pytest.mark.parametrize("serve", [True], ids=["pipelining"], indirect=True)
+def test_an_envelope_written_ahead_and_refused_at_rcpt_keeps_the_connection(
+    serve: Serve, transports: Callable[..., SmtpTransport]
+) -> None:
+    controller, rec = serve(Recorder(rcpt={2: "550 5.1.1 no such user"}))
+    t = transports(controller.url)
+    assert t.send(_message(1), SENDER, "lead1@example.com").outcome is Outcome.SENT
+    refused = t.write_envelope(_message(2), SENDER, "gone@example.com").result()
+    assert isinstance(refused, SendResult)
+    assert (refused.outcome, refused.code, refused.phase, refused.hard_bounce) == (
+        Outcome.FAILED,
+        550,
+        "rcpt",
+        True,
+    )
+    assert t.send(_message(3), SENDER, "lead3@example.com").outcome is Outcome.SENT
+    assert rec.count() == 2 and rec.connections == 1  # DATA was refused too (503): RSET, not reconnect
