@@ -32,6 +32,7 @@ import asyncio
 import json
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import threading
@@ -73,12 +74,24 @@ class Stamp:
 class StampingPeer:
     """Accepts everything; records when each transmission started (MAIL) and completed (end of DATA)."""
 
-    def __init__(self, delay: float) -> None:
+    def __init__(self, delay: float, pipelining: bool = False) -> None:
         self.delay = delay
+        self.pipelining = pipelining
         self.lock = threading.Lock()
         self.stamps: list[Stamp] = []
         self.mails: list[float] = []  # every MAIL FROM, delivered or reset
         self.controller = BoundController(self, server_hostname="pause-bench.test")
+
+    async def handle_EHLO(
+        self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname
+        if not self.pipelining:
+            return responses
+        # As `sendguard sink`: PIPELINING offered, Nagle off (pipelined replies would wait 40 ms).
+        assert server.transport is not None
+        server.transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return [*responses[:-1], "250-PIPELINING", responses[-1]]
 
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, mail_options: list[str]
@@ -119,7 +132,7 @@ def one_run(i: int, args: argparse.Namespace, work: Path, admin: str | None) -> 
     run_dir = work / f"run-{i}"
     run_dir.mkdir()
     db = fresh_database(args.backend, run_dir, admin)
-    peer = StampingPeer(args.peer_delay)
+    peer = StampingPeer(args.peer_delay, args.pipelining)
     peer.controller.start()
     sender = None
     try:
@@ -198,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--peer-delay", type=float, default=0.01)
     p.add_argument("--observe", type=float, default=1.5, help="seconds watched after the pause returned")
     p.add_argument("--synchronous", choices=["FULL", "NORMAL"], default="FULL")
+    p.add_argument("--pipelining", action="store_true", help="the peer offers PIPELINING (RFC 2920)")
     p.add_argument(
         "--in-process",
         action="store_true",
@@ -222,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         "bench": "pause",
         "backend": args.backend,
         "pause_by": "in-process call" if args.in_process else "CLI",
+        "pipelining": args.pipelining,
         "runs": runs,
         "last_after_s": summary([r["last_after_s"] for r in valid]) if valid else None,
         "finished_after": summary([r["finished_after"] for r in valid]) if valid else None,
