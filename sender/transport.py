@@ -853,24 +853,7 @@ class DryRunTransport:
     def __repr__(self) -> str:
         return f"DryRunTransport({self.directory!r})"
 
-    @property
-    def connected(self) -> bool:
-        """A connection is open (it may still turn out dead on reuse: `open_envelope` handles that)."""
-        return self._smtp is not None
-
-    @property
-    def pipelining(self) -> bool:
-        """The open connection's server offered PIPELINING (RFC 2920)."""
-        return self._smtp is not None and bool(self._smtp.has_extn("pipelining"))
-
     def send(self, msg: Outgoing, sender: str, recipient: str) -> SendResult:
-        opened = self.open_envelope(msg, sender, recipient)
-        return opened if isinstance(opened, SendResult) else self.send_data(opened)
-
-    def open_envelope(self, msg: Outgoing, sender: str, recipient: str) -> Envelope | SendResult:
-        """The first half of a send: connect if needed, MAIL FROM and RCPT TO, and DATA with them when
-        the server offers PIPELINING. An Envelope when all were accepted (nothing of the message has
-        left yet: `send_data` sends it, `abandon` gives it up), else the attempt's final result."""
         if _bad_address(sender) or _bad_address(recipient):
             return SendResult(Outcome.FAILED, None, "invalid envelope address", "mail")
         try:
