@@ -243,11 +243,12 @@ def deliver_batch(
     and of the message it is given: transmitted, not yet recorded); `stop` ends the batch after the
     message in flight is recorded.
 
-    On an SMTP connection that is already open, the next message's envelope (MAIL FROM, RCPT TO) goes
-    out on a helper thread while the hand-over commits: DATA, the first byte of the message itself,
-    still waits for the gate, and a refused gate resets the envelope (RSET), so the server never
-    receives a message the database did not let go; after a refusal the rest of the batch goes gate
-    first. A fresh connection is opened after the gate, as before: a sender that is refused its first
+    On an SMTP connection that is already open, the next message's envelope goes out while the
+    hand-over commits: with PIPELINING, MAIL, RCPT and DATA written now and their replies read after
+    the commit; without it, MAIL and RCPT on a helper thread. The message itself still waits for the
+    gate, and a refused gate gives the envelope up (RSET, or closing the connection with DATA open), so
+    the server never receives a message the database did not let go; after a refusal the rest of the
+    batch goes gate first. A fresh connection is opened after the gate, as before: a sender that is refused its first
     gate (a fenced zombie) never talks to the server.
     """
     stats = PassStats()
@@ -336,7 +337,7 @@ def deliver_batch(
 
 
 def _abandon(transport: Transport, early: Future[Envelope | SendResult] | Ahead | None) -> None:
-    """An envelope whose message must not be sent: wait for it, and reset it if it was accepted."""
+    """An envelope whose message must not be sent: wait for it, and give it up if it was accepted."""
     if early is None:
         return None
     opened = early.result()

@@ -643,7 +643,7 @@ class SmtpTransport:
         self, smtp: smtplib.SMTP, wire: bytes, sender: str, recipient: str, smtputf8: bool, *, fresh: bool
     ) -> SendResult | None:
         """MAIL FROM, RCPT TO and DATA in one write (RFC 2920, the server offered PIPELINING), then
-        their replies in order: one round trip where three took three. None when DATA was accepted
+        their replies in order: one round trip instead of three. None when DATA was accepted
         (354: the server now waits for the message), else the attempt's result."""
         refused = self._write_pipelined(smtp, wire, sender, recipient, smtputf8, fresh=fresh)
         return refused if refused is not None else self._read_pipelined(smtp, fresh=fresh)
