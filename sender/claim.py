@@ -378,6 +378,29 @@ def commit_to_transmit(conn: Connection, c: Claimed, *, send_id: int, now: datet
     )
 
 
+# A gate committed while the previous message's reply was still on its way (a payload in flight) is
+# read again just before this message's payload leaves. Safe: read-only, and the payload leaves only
+# if our gate still stands (not withdrawn by an attempt whose COMMIT we did not see, not reaped) and
+# the campaign is active; a pause that commits after this read meets a payload leaving at once, the
+# same window the gate itself leaves.
+_GATE_STANDS = _sql("""
+SELECT 1 FROM send_log AS s
+WHERE s.id = :send_id AND s.claim_token = :token AND s.status = 'transmitting'
+  AND EXISTS (SELECT 1 FROM campaign AS c WHERE c.id = :campaign_id AND c.status = 'active')
+""")
+
+
+def gate_stands(conn: Connection, c: Claimed, *, send_id: int) -> bool:
+    """May this gated message still leave? Inside the caller's transaction if one is open, else read
+    on its own: on PostgreSQL one round trip in autocommit, on SQLite the newest committed state."""
+    params = {"send_id": send_id, "token": c.token, "campaign_id": c.campaign_id}
+    if conn.in_transaction():
+        return _GATE_STANDS.run(conn, params).first() is not None
+    if conn.dialect.name == "postgresql":
+        return _GATE_STANDS.run_alone(conn, params).first() is not None
+    return _GATE_STANDS._execute(conn, params).first() is not None
+
+
 # --- Release (gate refused, template failed before transmission, or shutting down) ---------------
 
 # Safe: deletes only this claim's row and only while it never reached `transmitting`.

@@ -33,7 +33,7 @@ from sender.config import Settings
 from sender.message import Outgoing, message_id, prepare_message
 from sender.pacing import local_day_start
 from sender.templates import render
-from sender.transport import Ahead, Envelope, Outcome, SendResult, SmtpTransport, Transport
+from sender.transport import Ahead, Envelope, InFlight, Outcome, SendResult, SmtpTransport, Transport
 
 log = logging.getLogger("sendguard.sender")
 
@@ -229,30 +229,36 @@ def deliver_batch(
     clock: Clock,
     *,
     stop: threading.Event | None = None,
-    between: Callable[[Reservation | None], None] | None = None,
+    between: Callable[[list[Reservation]], None] | None = None,
 ) -> PassStats:
     """Steps 3-5 for a batch of reservations, in order: gate, transmit, record each.
 
-    The record of one message and the gate of the next are one transaction (the hand-over): both fall
-    between the two transmissions, and the next message may only leave once the previous outcome is
-    durable anyway, so one commit per message does what two did, with the same crash states (an
-    uncommitted hand-over leaves the previous send `transmitting` and the next `reserved`, exactly as
-    a crash between two separate transactions would). `pending` is consumed from the front as each
-    reservation is gated, released or failed, so the caller can give back what is left on shutdown.
-    `between` runs after each hand-over (the service's heartbeat, which renews the leases of `pending`
-    and of the message it is given: transmitted, not yet recorded); `stop` ends the batch after the
-    message in flight is recorded.
+    The record of one message and the gate of the next are one transaction (the hand-over): the next
+    message may only leave once its gate is durable anyway, so one commit per message does what two
+    did, with the same crash states (an uncommitted hand-over leaves the previous send `transmitting`
+    and the next `reserved`, exactly as a crash between two separate transactions would). `pending`
+    is consumed from the front as each reservation is gated, released or failed, so the caller can
+    give back what is left on shutdown. `between` runs after each hand-over with the reservations
+    gated and not yet recorded (the service's heartbeat renews their leases and those of `pending`);
+    `stop` ends the batch once the messages already transmitted are recorded.
 
     On an SMTP connection that is already open, the next message's envelope goes out while the
-    hand-over commits: with PIPELINING, MAIL, RCPT and DATA written now and their replies read after
-    the commit; without it, MAIL and RCPT on a helper thread. The message itself still waits for the
-    gate, and a refused gate gives the envelope up (RSET, or closing the connection with DATA open), so
-    the server never receives a message the database did not let go; after a refusal the rest of the
-    batch goes gate first. A fresh connection is opened after the gate, as before: a sender that is refused its first
-    gate (a fenced zombie) never talks to the server.
+    hand-over commits: with PIPELINING, MAIL, RCPT and DATA written behind the previous payload and
+    their replies read after the commit; without it, MAIL and RCPT on a helper thread. With
+    PIPELINING the previous payload's reply is read after the commit too, so the server's work on one
+    message and the database's on the hand-over overlap. Such a gate was committed before the
+    previous outcome was known, so before the payload leaves, that outcome is recorded first if a
+    breaker looks at it, and the campaign is read again: a pause in between gives the message back
+    untransmitted (`requeue_untransmitted`; the open DATA is closed, never ended). The message itself
+    always waits for its gate, and a refused gate gives the envelope up (RSET, or closing the
+    connection with DATA open), so the server never receives a message the database did not let go;
+    after a refusal the rest of the batch goes gate first. A fresh connection is opened after the
+    gate, as before: a sender that is refused its first gate (a fenced zombie) never talks to the
+    server.
     """
     stats = PassStats()
-    previous: tuple[Reservation, SendResult] | None = None
+    done: list[tuple[Reservation, SendResult]] = []  # outcomes known, not yet recorded
+    flying: tuple[Reservation, InFlight, float] | None = None  # payload out, reply unread
     helper: ThreadPoolExecutor | None = None
     early: Future[Envelope | SendResult] | Ahead | None = None  # the upcoming message's envelope, in flight
     # After a refused gate (usually a pause: every later gate of the batch is refused too), envelopes
@@ -264,7 +270,7 @@ def deliver_batch(
             # An authentication failure ends the batch: every further message would fail the same way.
             stopping = (stop is not None and stop.is_set()) or stats.auth_failed
             upcoming = pending[0] if pending and not stopping else None
-            if previous is None and upcoming is None:
+            if not done and flying is None and upcoming is None:
                 return stats
             msg = None
             render_error: str | None = None
@@ -280,33 +286,41 @@ def deliver_batch(
                 assert upcoming is not None
                 if transport.pipelining:  # written now, its replies read after the hand-over: no thread
                     early = transport.write_envelope(msg, plan.envelope_from, upcoming.lead.email)
-                else:
+                elif flying is None:
                     helper = helper or ThreadPoolExecutor(1, thread_name_prefix="sendguard-envelope")
                     early = helper.submit(
                         contextvars.copy_context().run,  # its log lines carry this thread's bound fields
                         transport.open_envelope, msg, plan.envelope_from, upcoming.lead.email,
                     )  # fmt: skip
-            try:
-                conn, gate = _hand_over(conn, engine, previous, upcoming, render_error, settings, clock)
-            except _GaveUp:
-                return stats
-            if previous is not None:
-                _count(stats, previous[1])
-                logs.outcome(*previous)
-                previous = None
+            gate = _Gate.NONE
+            if done or upcoming is not None:
+                try:
+                    conn, gate = _hand_over(conn, engine, done, upcoming, render_error, settings, clock)
+                except _GaveUp:
+                    return stats
+                _recorded(stats, done)
+            if flying is not None:  # the previous payload's reply, read while the hand-over committed
+                done.append(_reply(plan, flying))
+                flying = None
+                speculative = True
+            else:
+                speculative = False
             if upcoming is None:
-                return stats
+                continue
             pending.pop(0)
             c = upcoming.claimed
+            if gate is _Gate.GATED and speculative:
+                conn, gate = _check_again(conn, engine, stats, done, upcoming, settings, clock)
             if gate is _Gate.FAILED:
                 stats.failed += 1
                 logs.transition("failed", c, level=logging.WARNING, reason="template_error")
-            elif gate is _Gate.RELEASED:
+            elif gate in (_Gate.RELEASED, _Gate.WITHDRAWN):
                 # Paused, or our claim was taken over: nothing left this host, so it went back untouched.
                 early = _abandon(transport, early)
                 ahead_ok = False
                 stats.released += 1
-                logs.transition("released", c, reason="gate_refused")
+                reason = "gate_refused" if gate is _Gate.RELEASED else "paused_before_payload"
+                logs.transition("released", c, reason=reason)
             else:
                 if logs.log.isEnabledFor(logs.STEP):
                     address = logs.recipient(upcoming.lead.email)
@@ -316,24 +330,73 @@ def deliver_batch(
                 if fp.ENABLED:
                     fp.hit(fp.AFTER_GATE)
                 assert msg is not None
-                if early is not None:
-                    opened, early = early.result(), None
-                    result = opened if isinstance(opened, SendResult) else transport.send_data(opened)
+                sent = _transmit(transport, plan, upcoming, msg, early)
+                early = None
+                if isinstance(sent, InFlight):
+                    flying = (upcoming, sent, started)
                 else:
-                    result = transport.send(msg, plan.envelope_from, upcoming.lead.email)
-                metrics.transmitted(plan.campaign.name, result.outcome.value, time.monotonic() - started)
-                if fp.ENABLED and result.outcome is Outcome.SENT:
-                    fp.hit(fp.AFTER_250)
-                previous = (upcoming, result)
-                stats.auth_failed = stats.auth_failed or result.auth_failed
+                    done.append(_transmitted(plan, upcoming, sent, started))
+                    stats.auth_failed = stats.auth_failed or sent.auth_failed
             if between is not None:
-                between(None if previous is None else previous[0])
+                between([r for r, _ in done] + ([flying[0]] if flying is not None else []))
     finally:
         with contextlib.suppress(Exception):  # never mask what ended the batch
             _abandon(transport, early)
+        with contextlib.suppress(Exception):  # read a reply still on its way: the connection stays usable
+            if flying is not None:
+                flying[1].result()
         if helper is not None:
             helper.shutdown(wait=True)
         conn.close()
+
+
+def _transmit(
+    transport: Transport,
+    plan: Plan,
+    r: Reservation,
+    msg: Outgoing,
+    early: Future[Envelope | SendResult] | Ahead | None,
+) -> SendResult | InFlight:
+    """Step 4, after the gate: the envelope (opened ahead, or now), then the payload. On a PIPELINING
+    connection the payload's reply is left in flight, to be read after the next hand-over."""
+    if not isinstance(transport, SmtpTransport):
+        return transport.send(msg, plan.envelope_from, r.lead.email)
+    opened = (
+        early.result()
+        if early is not None
+        else transport.open_envelope(msg, plan.envelope_from, r.lead.email)
+    )
+    if isinstance(opened, SendResult):
+        return opened
+    return transport.write_payload(opened)
+
+
+def _transmitted(
+    plan: Plan, r: Reservation, result: SendResult, started: float
+) -> tuple[Reservation, SendResult]:
+    metrics.transmitted(plan.campaign.name, result.outcome.value, time.monotonic() - started)
+    if fp.ENABLED and result.outcome is Outcome.SENT:
+        fp.hit(fp.AFTER_250)
+    return r, result
+
+
+def _reply(plan: Plan, flying: tuple[Reservation, InFlight, float]) -> tuple[Reservation, SendResult]:
+    r, inflight, started = flying
+    return _transmitted(plan, r, inflight.result(), started)
+
+
+def _recorded(stats: PassStats, done: list[tuple[Reservation, SendResult]]) -> None:
+    for previous in done:
+        _count(stats, previous[1])
+        logs.outcome(*previous)
+    done.clear()
+
+
+def _withdraw(conn: Connection, r: Reservation, now: datetime) -> None:
+    q.requeue_untransmitted(
+        conn, r.claimed, send_id=r.send_id, reason="paused_before_payload", code=None,
+        reply="campaign paused before the message left; not transmitted", now=now,
+    )  # fmt: skip
 
 
 def _abandon(transport: Transport, early: Future[Envelope | SendResult] | Ahead | None) -> None:
@@ -351,6 +414,7 @@ class _Gate(enum.Enum):
     NONE = "none"  # nothing to gate: the last record of a batch
     GATED = "gated"  # `transmitting` is durable: the message may leave
     RELEASED = "released"  # the gate refused (paused, lease lost): handed back untouched
+    WITHDRAWN = "withdrawn"  # passed, then paused before the payload left: handed back untouched
     FAILED = "failed"  # the template failed for this lead: never transmitted
 
 
@@ -369,54 +433,100 @@ def _count(stats: PassStats, result: SendResult) -> None:
 def _hand_over(
     conn: Connection,
     engine: Engine,
-    previous: tuple[Reservation, SendResult] | None,
+    done: list[tuple[Reservation, SendResult]],
     upcoming: Reservation | None,
     render_error: str | None,
     settings: Settings,
     clock: Clock,
 ) -> tuple[Connection, _Gate]:
-    """Step 5 for the previous message and step 3 for the next, in one transaction, retried on database
-    errors: every statement in it is a compare-and-set, so a retry after a lost COMMIT changes nothing
-    twice; giving up is safe too (the reaper marks the previous send unknown, never resends it, and
-    requeues the next, which never left). Returns the connection to go on with (a new one after a
-    reconnect)."""
+    """Step 5 for the messages in `done` and step 3 for the next, in one transaction, retried on
+    database errors (`_retrying`). Returns the connection to go on with (a new one after a reconnect)."""
+
+    def once(conn: Connection) -> _Gate:
+        if _fits_one_statement(conn, done, render_error):
+            return _hand_over_alone(conn, done[0] if done else None, upcoming, settings, clock)
+        with conn.begin():
+            now = clock.now()
+            for previous in done:
+                _record(conn, *previous, settings, now)
+                if fp.ENABLED:
+                    fp.hit(fp.WHILE_RECORDING)  # the UPDATEs ran, the COMMIT has not
+            if upcoming is None:
+                return _Gate.NONE
+            c = upcoming.claimed
+            if render_error is not None:
+                q.finish_unsent(
+                    conn, c, status=EnrollmentStatus.FAILED, reason="template_error", now=now,
+                    error=render_error,
+                )  # fmt: skip
+                return _Gate.FAILED
+            if q.commit_to_transmit(conn, c, send_id=upcoming.send_id, now=now):
+                return _Gate.GATED
+            q.release(conn, c, now=now)
+            return _Gate.RELEASED
+
+    if done:
+        what = f"recording enrollment {done[0][0].claimed.enrollment_id}"
+    else:
+        what = f"gating enrollment {upcoming.claimed.enrollment_id if upcoming else '?'}"
+    return _retrying(conn, engine, settings, what, once)
+
+
+def _check_again(
+    conn: Connection,
+    engine: Engine,
+    stats: PassStats,
+    done: list[tuple[Reservation, SendResult]],
+    upcoming: Reservation,
+    settings: Settings,
+    clock: Clock,
+) -> tuple[Connection, _Gate]:
+    """A gate committed while the previous payload's reply was on its way: before this payload leaves,
+    record what a breaker must see (it may pause the campaign) and read the gate and the campaign
+    again (`claim.gate_stands`). A pause in between withdraws the gate: nothing of this message left,
+    so it goes back to the queue. Retried like a hand-over: the record and the withdrawal are
+    compare-and-sets, and a gate withdrawn by an attempt whose COMMIT was lost no longer stands."""
+    c = upcoming.claimed
+
+    def once(conn: Connection) -> _Gate:
+        if not done or _fits_one_statement(conn, done, None):
+            if q.gate_stands(conn, c, send_id=upcoming.send_id):
+                return _Gate.GATED
+            with conn.begin():
+                _withdraw(conn, upcoming, clock.now())
+            return _Gate.WITHDRAWN
+        with conn.begin():
+            now = clock.now()
+            for previous in done:
+                _record(conn, *previous, settings, now)
+            if q.gate_stands(conn, c, send_id=upcoming.send_id):
+                return _Gate.GATED
+            _withdraw(conn, upcoming, now)
+            return _Gate.WITHDRAWN
+
+    conn, gate = _retrying(conn, engine, settings, f"checking enrollment {c.enrollment_id}", once)
+    if done and not _fits_one_statement(conn, done, None):
+        _recorded(stats, done)
+    return conn, gate
+
+
+def _retrying(
+    conn: Connection, engine: Engine, settings: Settings, what: str, once: Callable[[Connection], _Gate]
+) -> tuple[Connection, _Gate]:
+    """Run one protocol transaction, retried on database errors: every statement in it is a
+    compare-and-set, so a retry after a lost COMMIT changes nothing twice; giving up is safe too (the
+    reaper marks a transmitted send unknown, never resends it, and requeues a claim that never left).
+    Returns the connection to go on with (a new one after a reconnect)."""
     deadline = time.monotonic() + max(settings.lease_seconds, 30.0)
     delay = 0.05
     while True:
         try:
             if conn.closed:  # after a lost connection: reconnecting may fail too, and is retried
                 conn = engine.connect()
-            if _fits_one_statement(conn, previous, render_error):
-                return conn, _hand_over_alone(conn, previous, upcoming, settings, clock)
-            with conn.begin():
-                now = clock.now()
-                if previous is not None:
-                    _record(conn, *previous, settings, now)
-                    if fp.ENABLED:
-                        fp.hit(fp.WHILE_RECORDING)  # the UPDATEs ran, the COMMIT has not
-                gate = _Gate.NONE
-                if upcoming is not None:
-                    c = upcoming.claimed
-                    if render_error is not None:
-                        q.finish_unsent(
-                            conn, c, status=EnrollmentStatus.FAILED, reason="template_error", now=now,
-                            error=render_error,
-                        )  # fmt: skip
-                        gate = _Gate.FAILED
-                    elif q.commit_to_transmit(conn, c, send_id=upcoming.send_id, now=now):
-                        gate = _Gate.GATED
-                    else:
-                        q.release(conn, c, now=now)
-                        gate = _Gate.RELEASED
-            return conn, gate
+            return conn, once(conn)
         except DBAPIError as exc:
             if not (exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError)):
                 raise  # a bug, not an outage: retrying would not help
-            what = (
-                f"recording enrollment {previous[0].claimed.enrollment_id}"
-                if previous is not None
-                else f"gating enrollment {upcoming.claimed.enrollment_id if upcoming else '?'}"
-            )
             if time.monotonic() > deadline:
                 log.error("giving up %s: %s", what, exc.__class__.__name__)
                 raise _GaveUp from exc
@@ -427,17 +537,17 @@ def _hand_over(
 
 
 def _fits_one_statement(
-    conn: Connection, previous: tuple[Reservation, SendResult] | None, render_error: str | None
+    conn: Connection, done: list[tuple[Reservation, SendResult]], render_error: str | None
 ) -> bool:
-    """Nothing to do but the record and the gate: an outcome no breaker or suppression looks at, a
+    """Nothing to do but one record and the gate: an outcome no breaker or suppression looks at, a
     message that rendered. (The `while_recording` failpoint needs the statements and the COMMIT apart.)"""
-    if render_error is not None:
+    if render_error is not None or len(done) > 1:
         return False
     if fp.ENABLED and fp.WHILE_RECORDING in fp.active():
         return False
-    if previous is None:
+    if not done:
         return True
-    result = previous[1]
+    result = done[0][1]
     return result.outcome in (Outcome.SENT, Outcome.DEFERRED) and not (
         result.auth_failed or result.hard_bounce
     )

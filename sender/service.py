@@ -7,6 +7,7 @@ import os
 import socket
 import threading
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -103,7 +104,7 @@ class SenderService:
         metrics.lock_state(slot)
         self._last_heartbeat = now
 
-    def _heartbeat_if_due(self, in_flight: Reservation | None = None) -> None:
+    def _heartbeat_if_due(self, in_flight: Sequence[Reservation] = ()) -> None:
         """During a long pass: keep the slot and the claims in hand (a batch may take longer than a
         lease to a slow server), and settle dead senders' claims without waiting for the next tick."""
         last = self._last_heartbeat
@@ -112,11 +113,11 @@ class SenderService:
             self.renew_claims(in_flight)
             self.reap()
 
-    def renew_claims(self, in_flight: Reservation | None = None) -> int:
-        """Extend the leases of this pass's claims: the one just transmitted (recorded at the next
-        hand-over) and those not yet gated. Only these: a claim of an aborted pass is never renewed,
-        so if it cannot be released its lease runs out and the reaper settles it."""
-        held = [r.claimed for r in ([in_flight] if in_flight is not None else []) + self._in_hand]
+    def renew_claims(self, in_flight: Sequence[Reservation] = ()) -> int:
+        """Extend the leases of this pass's claims: those gated and not yet recorded (`in_flight`:
+        transmitted, or about to be) and those not yet gated. Only these: a claim of an aborted pass
+        is never renewed, so if it cannot be released its lease runs out and the reaper settles it."""
+        held = [r.claimed for r in [*in_flight, *self._in_hand]]
         if not held:
             return 0
         now = self.clock.now()

@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "DryRunTransport",
+    "InFlight",
     "NullTransport",
     "Outcome",
     "SendResult",
@@ -100,6 +101,22 @@ class Ahead:
             self._unread = False
             self._opened = self._transport._read_ahead(self._opened)
         return self._opened
+
+
+class InFlight:
+    """A message whose payload and final dot have left (`SmtpTransport.write_payload`): only the
+    server's reply, read by `result()`, tells its fate. Until then the connection may carry the next
+    envelope (PIPELINING: the message content may open a group), and whatever else needs the
+    connection reads this reply first, so a verdict on its way is never thrown away."""
+
+    def __init__(self, transport: SmtpTransport, smtp: smtplib.SMTP) -> None:
+        self._transport, self._smtp = transport, smtp
+        self._result: SendResult | None = None
+
+    def result(self) -> SendResult:
+        if self._result is None:
+            self._result = self._transport._read_inflight(self, self._smtp)
+        return self._result
 
 
 # An open DATA is only used this soon after the 354: a server under load may time out a client that
@@ -328,6 +345,7 @@ class SmtpTransport:
     def __init__(self, url: str, timeout: float = 30.0) -> None:
         self._settings = _parse_smtp_url(url, timeout)
         self._smtp: smtplib.SMTP | None = None
+        self._inflight: InFlight | None = None  # a payload whose reply is still unread
 
     def __repr__(self) -> str:
         return f"SmtpTransport({self._settings.redacted!r})"
@@ -384,7 +402,14 @@ class SmtpTransport:
 
     # -- connection ---------------------------------------------------------------------------
 
+    def _settle_inflight(self) -> None:
+        """Read the reply of a payload still in flight before the connection is used for anything else
+        (replies come in order) or closed (its verdict would be lost, the outcome unknown)."""
+        if self._inflight is not None:
+            self._inflight.result()
+
     def _drop(self) -> None:
+        self._settle_inflight()
         smtp, self._smtp = self._smtp, None
         if smtp is not None:
             with contextlib.suppress(OSError):
@@ -392,6 +417,7 @@ class SmtpTransport:
 
     def _reset(self) -> None:
         """RSET so the next message starts clean; if even that fails the connection is not worth keeping."""
+        self._settle_inflight()
         smtp = self._smtp
         if smtp is None:
             return
@@ -553,6 +579,7 @@ class SmtpTransport:
         self, wire: bytes, sender: str, recipient: str, smtputf8: bool, *, pipeline: bool
     ) -> Envelope | SendResult:
         """Connect if needed, then the envelope (with DATA, if `pipeline` and the server offers it)."""
+        self._settle_inflight()
         if self._smtp is not None and not self._idle_connection_alive(self._smtp):
             log.info("SMTP connection to %s went away while idle; reconnecting", self._settings.redacted)
             self._drop()
@@ -582,26 +609,62 @@ class SmtpTransport:
 
     def send_data(self, envelope: Envelope) -> SendResult:
         """The second half of a send: DATA (unless pipelined already), the payload, the server's verdict."""
+        self._settle_inflight()
         smtp = self._smtp
         if smtp is None:  # cannot happen after an accepted envelope; never send without one
             return self._result(Outcome.DEFERRED, None, "connection lost before DATA", "data")
         if not envelope.data_open:
             refused = self._data_command(smtp)
             return refused if refused is not None else self._message(smtp, envelope.wire)
-        waited = time.monotonic() - envelope.opened_at
-        if waited > _DATA_OPEN_SECONDS or not self._idle_connection_alive(smtp):
-            # Kept waiting (the gate retried through a database outage) or the server spoke meanwhile:
-            # nothing of the message has left, so start over on a fresh connection.
-            log.info("open DATA on %s is stale; reconnecting", self._settings.redacted)
-            self._drop()
-            e = envelope
-            opened = self._start(e.wire, e.sender, e.recipient, e.smtputf8, pipeline=False)
-            return opened if isinstance(opened, SendResult) else self.send_data(opened)
+        if self._stale(smtp, envelope):
+            return self._afresh(envelope)
         return self._message(smtp, envelope.wire)
+
+    def _afresh(self, envelope: Envelope) -> SendResult:
+        """The whole send again on a fresh connection (`_stale` dropped the old one), one by one."""
+        e = envelope
+        opened = self._start(e.wire, e.sender, e.recipient, e.smtputf8, pipeline=False)
+        return opened if isinstance(opened, SendResult) else self.send_data(opened)
+
+    def _stale(self, smtp: smtplib.SMTP, envelope: Envelope) -> bool:
+        """An open DATA kept waiting (the gate retried through a database outage) or a server that
+        spoke meanwhile: nothing of the message has left, so drop the connection and start over."""
+        waited = time.monotonic() - envelope.opened_at
+        if waited <= _DATA_OPEN_SECONDS and self._idle_connection_alive(smtp):
+            return False
+        log.info("open DATA on %s is stale; reconnecting", self._settings.redacted)
+        self._drop()
+        return True
+
+    def write_payload(self, envelope: Envelope) -> InFlight | SendResult:
+        """`send_data` without waiting for the verdict, on an envelope whose DATA is open (PIPELINING):
+        the payload and its dot leave now and `InFlight.result()` reads the reply, so the caller can
+        commit its next hand-over while the server works. Any other envelope goes as `send_data`."""
+        self._settle_inflight()
+        smtp = self._smtp
+        if smtp is None or not envelope.data_open:
+            return self.send_data(envelope)
+        if self._stale(smtp, envelope):
+            return self._afresh(envelope)
+        written = self._write_message(smtp, envelope.wire)
+        if written is not None:
+            return written
+        self._inflight = InFlight(self, smtp)
+        return self._inflight
+
+    def _read_inflight(self, inflight: InFlight, smtp: smtplib.SMTP) -> SendResult:
+        if self._inflight is inflight:
+            self._inflight = None  # first: reading it may drop the connection, which settles in-flights
+        if smtp is not self._smtp:  # unreachable: every path that drops the connection reads it first
+            return self._result(Outcome.UNKNOWN, None, "connection closed before the reply was read", "reply")
+        # No RSET after a refusal: the final dot ends the transaction whatever the reply (RFC 5321
+        # 4.1.1.4), and the next envelope may already be on its way behind it.
+        return self._verdict(smtp, reset=False)
 
     def abandon(self, envelope: Envelope) -> None:
         """Give up an accepted envelope without sending the message: RSET, or with DATA already open,
         close the connection (a server never delivers a message whose end it did not receive)."""
+        self._settle_inflight()
         if envelope.data_open:
             self._drop()
         else:
@@ -708,7 +771,13 @@ class SmtpTransport:
             return Ahead(self, prepared)
         wire, smtputf8 = prepared
         smtp = self._smtp
-        if smtp is None or not smtp.has_extn("pipelining") or not self._idle_connection_alive(smtp):
+        # Behind a payload in flight the connection is busy, not idle: its reply may already be here.
+        behind = self._inflight is not None
+        if (
+            smtp is None
+            or not smtp.has_extn("pipelining")
+            or not (behind or self._idle_connection_alive(smtp))
+        ):
             return Ahead(self, self._start(wire, sender, recipient, smtputf8, pipeline=True))
         try:
             refused = self._write_pipelined(smtp, wire, sender, recipient, smtputf8, fresh=False)
@@ -720,6 +789,7 @@ class SmtpTransport:
         return Ahead(self, Envelope(wire, sender, recipient, smtputf8, True, time.monotonic()), unread=True)
 
     def _read_ahead(self, envelope: Envelope) -> Envelope | SendResult:
+        self._settle_inflight()  # the payload ahead of this envelope is answered first
         smtp = self._smtp
         if smtp is None:
             return self._start(
@@ -760,6 +830,11 @@ class SmtpTransport:
 
     def _message(self, smtp: smtplib.SMTP, wire: bytes) -> SendResult:
         """The payload and its terminating dot, then the server's verdict."""
+        written = self._write_message(smtp, wire)
+        return written if written is not None else self._verdict(smtp, reset=True)
+
+    def _write_message(self, smtp: smtplib.SMTP, wire: bytes) -> SendResult | None:
+        """The payload and its terminating dot: None once the dot has left, else why it did not."""
         sock = smtp.sock
         if sock is None:
             return self._lost("payload", smtplib.SMTPServerDisconnected("socket closed"))
@@ -778,8 +853,11 @@ class SmtpTransport:
                 f"connection lost while sending the DATA payload: {_describe(exc)}",
                 "payload",
             )
+        return None
 
-        # From here on the server may have accepted the message: only its reply tells us.
+    def _verdict(self, smtp: smtplib.SMTP, *, reset: bool) -> SendResult:
+        """The reply to a payload whose dot has left: the server may have accepted the message, so only
+        this reply tells. `reset`: RSET after a refusal, when nothing was written behind the payload."""
         try:
             code, resp = smtp.getreply()
         except (smtplib.SMTPException, OSError) as exc:
@@ -794,10 +872,12 @@ class SmtpTransport:
             self._drop()
             return self._result(Outcome.DEFERRED, code, text, "reply")
         if 400 <= code < 500:
-            self._reset()
+            if reset:
+                self._reset()
             return self._result(Outcome.DEFERRED, code, text, "reply")
         if 500 <= code < 600:
-            self._reset()
+            if reset:
+                self._reset()
             # FAILED either way (never retried); only an address problem suppresses the address.
             return self._result(Outcome.FAILED, code, text, "reply", hard_bounce=_address_bounce(resp))
         # Garbage (smtplib reports -1) or an out-of-protocol code: it may or may not have been queued.
@@ -807,6 +887,7 @@ class SmtpTransport:
         )
 
     def close(self) -> None:
+        self._settle_inflight()
         smtp = self._smtp
         if smtp is None:
             return

@@ -3,6 +3,7 @@ its gate only on a connection that is already open, and a refused gate never let
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -54,14 +55,16 @@ def _deliver_all(
     before: Callable[[FixedClock], None] | None = None,
     between: Callable[[FixedClock], None] | None = None,
     pipelining: bool = False,
+    fault: Callable[[str, str], str | None] | None = None,
 ) -> tuple[PassStats, SmtpPeer, list[tuple[str, str]]]:
     """Claim the three leads and deliver them to a real peer that notes each command it is asked about
-    (phase, recipient). `before` runs after the claim, `between` after each hand-over."""
+    (phase, recipient). `before` runs after the claim, `between` after each hand-over, `fault` (on the
+    peer's thread, before it answers a command) may return a reply to give instead."""
     seen: list[tuple[str, str]] = []
 
-    def record(rcpt: str, phase: str, nth: int) -> None:
+    def record(rcpt: str, phase: str, nth: int) -> str | None:
         seen.append((phase, rcpt))
-        return None  # no fault: only watch the commands arrive
+        return None if fault is None else fault(rcpt, phase)
 
     peer = factory(record, phases=PHASES, pipelining=pipelining)
     clock = FixedClock(T0 + timedelta(seconds=1))
@@ -145,3 +148,104 @@ def test_a_sender_refused_its_first_gate_never_connects(
     assert (stats.sent, stats.released) == (0, 3)
     assert peer.connections() == 0 and seen == []
     assert {s for _, s in _states(engine)} == {"queued"}
+
+
+def _send_status(engine: Engine, email: str) -> str | None:
+    with engine.connect() as conn:
+        return conn.execute(
+            text(
+                "SELECT s.status FROM send_log AS s JOIN lead AS l ON l.id = s.lead_id WHERE l.email = :email"
+            ),
+            {"email": email},
+        ).scalar_one_or_none()
+
+
+def _poll(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+@pytest.mark.parametrize("pipelining", [True], ids=["pipelining"])
+def test_a_pause_between_a_gate_and_its_payload_withdraws_the_message(
+    engine: Engine, smtp_peer_factory: Callable[..., SmtpPeer], pipelining: bool
+) -> None:
+    """With PIPELINING the second message's gate commits while the first one's reply is on its way.
+    The peer holds that reply until the second gate has committed, and the operator pauses then: the
+    second message must not leave. Its gate is withdrawn (the lead back in the queue, the attempt
+    given back) and its open DATA closed, never ended."""
+    gated_first: list[bool] = []
+
+    def pause_once_the_next_gate_committed(rcpt: str, phase: str) -> None:
+        if (phase, rcpt) == ("data_end", "lead0@example.com"):
+            gated_first.append(_poll(lambda: _send_status(engine, "lead1@example.com") == "transmitting"))
+            campaigns.pause(engine, NAME, actor=ACTOR, reason="test", now=T0 + timedelta(seconds=2))
+        return None
+
+    stats, peer, seen = _deliver_all(
+        engine, smtp_peer_factory, pipelining=True, fault=pause_once_the_next_gate_committed
+    )
+
+    assert gated_first == [True] and peer.errors == []
+    assert (stats.sent, stats.released) == (1, 2)
+    assert peer.count() == 1
+    assert [r for phase, r in seen if phase == "rcpt"] == ["lead0@example.com", "lead1@example.com"]
+    assert [r for phase, r in seen if phase == "data_end"] == ["lead0@example.com"]
+    assert _states(engine) == [
+        ("lead0@example.com", "sent"),
+        ("lead1@example.com", "queued"),
+        ("lead2@example.com", "queued"),
+    ]
+    with engine.connect() as conn:
+        withdrawn = conn.execute(
+            text(
+                "SELECT s.status, cl.reason, cl.attempts FROM send_log AS s"
+                " JOIN campaign_lead AS cl ON cl.id = s.enrollment_id JOIN lead AS l ON l.id = cl.lead_id"
+                " WHERE l.email = 'lead1@example.com'"
+            )
+        ).one()
+    # Outside the live-send key, so the lead is sent once after the resume.
+    assert tuple(withdrawn) == ("deferred", "paused_before_payload", 0)
+
+
+@pytest.mark.parametrize("threshold", [1, 5], ids=["breaker-trips", "breaker-holds"])
+def test_a_bounce_read_after_the_next_gate_is_recorded_before_the_next_payload(
+    engine: Engine, smtp_peer_factory: Callable[..., SmtpPeer], threshold: int
+) -> None:
+    """The first message's 550 arrives after the second gate committed. Its record (suppression, the
+    hard-failure breaker) runs before the second payload leaves: with a threshold of one bounce the
+    breaker pauses the campaign and the second message is withdrawn; otherwise the second goes out
+    with the first already recorded."""
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE campaign SET breaker_hard_failures = :n"), {"n": threshold})
+    recorded_before: list[tuple[str | None, str | None]] = []
+
+    def bounce_the_first(rcpt: str, phase: str) -> str | None:
+        if (phase, rcpt) == ("data_end", "lead0@example.com"):
+            assert _poll(lambda: _send_status(engine, "lead1@example.com") == "transmitting")
+            return "550"
+        if (phase, rcpt) == ("data_end", "lead1@example.com"):
+            recorded_before.append((_send_status(engine, "lead0@example.com"), _states(engine)[0][1]))
+        return None
+
+    stats, peer, seen = _deliver_all(engine, smtp_peer_factory, pipelining=True, fault=bounce_the_first)
+
+    assert peer.errors == []
+    with engine.connect() as conn:
+        status, paused_by = conn.execute(text("SELECT status, paused_by FROM campaign")).one()
+        suppressed = conn.execute(text("SELECT email FROM suppression")).scalars().all()
+    assert suppressed == ["lead0@example.com"]
+    if threshold == 1:
+        assert (status, paused_by) == ("paused", "breaker:hard_failures")
+        assert (stats.failed, stats.sent, stats.released) == (1, 0, 2)
+        assert peer.count() == 0 and recorded_before == []
+        assert [r for phase, r in seen if phase == "data_end"] == ["lead0@example.com"]
+        assert [s for _, s in _states(engine)] == ["failed", "queued", "queued"]
+    else:
+        assert status == "active"
+        assert (stats.failed, stats.sent, stats.released) == (1, 2, 0)
+        assert recorded_before == [("failed", "failed")]
+        assert peer.count() == 2 and peer.connections() == 1

@@ -31,6 +31,7 @@ from sender import transport as transport_mod
 from sender.errors import UsageError
 from sender.transport import (
     DryRunTransport,
+    InFlight,
     NullTransport,
     Outcome,
     SendResult,
@@ -856,3 +857,129 @@ def test_an_envelope_written_ahead_and_refused_at_rcpt_keeps_the_connection(
     )
     assert t.send(_message(3), SENDER, "lead3@example.com").outcome is Outcome.SENT
     assert rec.count() == 2 and rec.connections == 1  # DATA was refused too (503): RSET, not reconnect
+
+
+# -- a payload left in flight (PIPELINING): the next envelope goes behind it, its reply read later --
+
+
+def _in_flight(t: SmtpTransport, n: int) -> InFlight:
+    opened = t.open_envelope(_message(n), SENDER, f"lead{n}@example.com")
+    assert isinstance(opened, Opened) and opened.data_open
+    inflight = t.write_payload(opened)
+    assert isinstance(inflight, InFlight)
+    return inflight
+
+
+@pytest.mark.parametrize("serve", [True], ids=["pipelining"], indirect=True)
+def test_the_next_envelope_goes_behind_a_payload_in_flight_and_its_replies_are_read_in_order(
+    serve: Serve, transports: Callable[..., SmtpTransport]
+) -> None:
+    """What the sender does while a hand-over commits: the server works on one message while the next
+    envelope waits behind it on the same connection; the payload's reply is read first, then the
+    envelope's, and nothing is read twice."""
+    controller, rec = serve(PipelineWatcher())
+    t = transports(controller.url)
+    first = _in_flight(t, 1)
+    ahead = t.write_envelope(_message(2), SENDER, "lead2@example.com")
+    opened = ahead.result()  # reads the first payload's reply on the way
+    assert isinstance(opened, Opened)
+    result = first.result()
+    assert (result.outcome, result.code) == (Outcome.SENT, 250)
+    assert first.result() is result
+    second = t.write_payload(opened)
+    assert isinstance(second, InFlight) and second.result().outcome is Outcome.SENT
+    assert rec.count() == 2 and rec.connections == 1
+    assert [e[1] for e in rec.envelopes] == [["lead1@example.com"], ["lead2@example.com"]]
+
+
+@pytest.mark.parametrize("serve", [True], ids=["pipelining"], indirect=True)
+def test_a_refused_payload_with_an_envelope_behind_it_sends_no_rset(
+    serve: Serve, transports: Callable[..., SmtpTransport]
+) -> None:
+    """The final dot ends the transaction whatever the reply: an RSET here would be read as the reply
+    to the MAIL already waiting behind the payload. The next message goes on the same connection."""
+    controller, rec = serve(Recorder(data_end={1: "550 5.7.1 rejected"}))
+    t = transports(controller.url)
+    first = _in_flight(t, 1)
+    ahead = t.write_envelope(_message(2), SENDER, "lead2@example.com")
+    result = first.result()
+    assert (result.outcome, result.code, result.phase) == (Outcome.FAILED, 550, "reply")
+    opened = ahead.result()
+    assert isinstance(opened, Opened)
+    assert t.send_data(opened).outcome is Outcome.SENT
+    assert rec.count() == 1 and rec.connections == 1
+    assert [e[1] for e in rec.envelopes] == [["lead2@example.com"]]
+
+
+@pytest.mark.parametrize("serve", [True], ids=["pipelining"], indirect=True)
+def test_a_421_to_a_payload_in_flight_sends_the_envelope_behind_it_on_a_fresh_connection(
+    serve: Serve, transports: Callable[..., SmtpTransport]
+) -> None:
+    controller, rec = serve(Recorder(data_end={1: "421 4.7.0 shutting down"}))
+    t = transports(controller.url)
+    first = _in_flight(t, 1)
+    ahead = t.write_envelope(_message(2), SENDER, "lead2@example.com")
+    opened = ahead.result()  # the server closed after its 421: the envelope is opened again
+    assert isinstance(opened, Opened)
+    result = first.result()
+    assert (result.outcome, result.code) == (Outcome.DEFERRED, 421)
+    assert t.send_data(opened).outcome is Outcome.SENT
+    assert [e[1] for e in rec.envelopes] == [["lead2@example.com"]]
+    assert rec.connections == 2
+
+
+@pytest.mark.parametrize("serve", [True], ids=["pipelining"], indirect=True)
+@pytest.mark.parametrize("then", ["abandon", "close", "send"])
+def test_a_reply_in_flight_is_read_before_the_connection_is_used_or_closed(
+    serve: Serve, transports: Callable[..., SmtpTransport], then: str
+) -> None:
+    """Giving up the next envelope closes the connection (its DATA is open), closing the transport
+    sends QUIT, a new envelope expects its own replies: each would lose or misread the reply still on
+    its way, leaving a delivered message `unknown`. Each reads it first."""
+    controller, rec = serve()
+    t = transports(controller.url)
+    first = _in_flight(t, 1)
+    if then == "abandon":
+        opened = t.write_envelope(_message(2), SENDER, "lead2@example.com").result()
+        assert isinstance(opened, Opened)
+        t.abandon(opened)
+    elif then == "close":
+        t.close()
+    else:
+        assert t.send(_message(2), SENDER, "lead2@example.com").outcome is Outcome.SENT
+    assert (first.result().outcome, first.result().code) == (Outcome.SENT, 250)
+    assert rec.count() == (2 if then == "send" else 1)
+
+
+def test_write_payload_without_open_data_is_a_whole_send(
+    serve: Serve, transports: Callable[..., SmtpTransport]
+) -> None:
+    """Without PIPELINING there is no open DATA to write into: `write_payload` sends DATA, the payload
+    and reads the verdict, as `send_data` does."""
+    controller, rec = serve()
+    t = transports(controller.url)
+    opened = t.open_envelope(_message(1), SENDER, "lead1@example.com")
+    assert isinstance(opened, Opened)
+    written = t.write_payload(opened)
+    if opened.data_open:
+        assert isinstance(written, InFlight)
+        written = written.result()
+    assert isinstance(written, SendResult) and written.outcome is Outcome.SENT
+    assert rec.count() == 1
+
+
+@pytest.mark.parametrize("serve", [True], ids=["pipelining"], indirect=True)
+def test_a_payload_is_never_written_into_an_open_data_kept_waiting_too_long(
+    serve: Serve, transports: Callable[..., SmtpTransport]
+) -> None:
+    """As `send_data` (above): the hand-over retried through a database outage, the server may have
+    timed the open DATA out. The message goes out whole on a fresh connection, its reply read."""
+    controller, rec = serve()
+    t = transports(controller.url)
+    opened = t.open_envelope(_message(1), SENDER, "lead1@example.com")
+    assert isinstance(opened, Opened) and opened.data_open
+    stale = dataclasses.replace(opened, opened_at=opened.opened_at - 60)
+    written = t.write_payload(stale)
+    assert isinstance(written, SendResult) and written.outcome is Outcome.SENT
+    assert rec.count() == 1 and rec.connections == 2
+    assert [e[1] for e in rec.envelopes] == [["lead1@example.com"]]
