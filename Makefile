@@ -55,14 +55,16 @@ test: venv chromium
 CHAOS_ARGS ?=
 CHAOS_CI_ARGS ?= --senders 4 --leads 10000 --duration 120
 chaos: venv
-	@rc=0; for backend in sqlite postgresql; do \
-		$(VENV)/bin/python scripts/chaos.py --backend $$backend --senders 8 --leads 20000 --duration 300 $(CHAOS_ARGS) || rc=1; \
-	done; exit $$rc
+	@rc=0; for backend in sqlite postgresql; do for pipelining in --pipelining ""; do \
+		$(VENV)/bin/python scripts/chaos.py --backend $$backend $$pipelining --senders 8 --leads 20000 --duration 300 $(CHAOS_ARGS) || rc=1; \
+	done; done; exit $$rc
 
-# The short soak CI runs after the suite (.ci/run).
+# The short soak CI runs after the suite (.ci/run): each backend against a peer with PIPELINING (the
+# sender's overlapped path, what real servers offer) and one without (the one-by-one path).
 chaos-ci: venv
 	@rc=0; for backend in sqlite postgresql; do \
-		$(VENV)/bin/python scripts/chaos.py --backend $$backend $(CHAOS_CI_ARGS) || rc=1; \
+		$(VENV)/bin/python scripts/chaos.py --backend $$backend --pipelining $(CHAOS_CI_ARGS) || rc=1; \
+		$(VENV)/bin/python scripts/chaos.py --backend $$backend $(CHAOS_CI_ARGS) --duration 60 || rc=1; \
 	done; exit $$rc
 
 # Issue 5's figures (bench/README.md): sends/s beside the raw floors, and pause exactness. Slow (minutes).

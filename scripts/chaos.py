@@ -19,6 +19,9 @@
    terminal and no send_log row left in flight; every message the peer accepted recorded `sent` or
    `unknown` and every `sent` enrollment at the peer (else: lost); unknown <= ambiguous events (our
    SIGKILLs, failpoint crashes/errors after the gate, unexpected exits; peer drops, resets, silences).
+   With `--pipelining` the peer offers PIPELINING, and the sender commits each gate while the previous
+   reply is on its way and records it at the next hand-over: a death can then strand two gated
+   sends, so each death counts twice.
 
 Prints each violation on its own line, then ONE line of figures; exit 0 if every invariant held, 1 if
 not, 2 on bad arguments. Logs and the database are deleted unless --keep or a violation.
@@ -588,6 +591,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="deadline of the calm phase (default: 600 s or 0.1 s a lead)",
     )
     p.add_argument("--keep", action="store_true", help="keep the logs and the database")
+    p.add_argument(
+        "--pipelining", action="store_true", help="the peer offers PIPELINING (RFC 2920), as real servers do"
+    )
     args = p.parse_args(argv)
     for name in ("senders", "leads"):
         if getattr(args, name) < 1:
@@ -632,7 +638,7 @@ def run(args: argparse.Namespace) -> int:
     keep = {"yes": args.keep}
     db = open_database(args, workdir, lambda: keep["yes"])
     faults = Faults(random.Random(rng.getrandbits(32)))
-    peer = SmtpPeer(faults).start()
+    peer = SmtpPeer(faults, pipelining=args.pipelining).start()
     fleet: Fleet | None = None
     try:
         env = dict(os.environ)
@@ -670,7 +676,10 @@ def run(args: argparse.Namespace) -> int:
         t = fleet.tally
         # Any death may strand a gated send (the reaper then marks it unknown): our SIGKILLs, failpoint
         # crashes/errors after the gate, and unexpected exits; plus the peer's faults after the dot.
-        ambiguous = t.kills + t.post_gate + t.other_exits + faults.ambiguous()
+        # With PIPELINING a death may strand two: the send whose reply was on its way, and the one
+        # before it (answered, not yet recorded) or the next (gated, not yet transmitted).
+        deaths = (t.kills + t.post_gate + t.other_exits) * (2 if args.pipelining else 1)
+        ambiguous = deaths + faults.ambiguous()
         obs, figures = observe(db.url, peer_keys, foreign, ambiguous)
         verdict = check(obs)
         violations = problems + verdict.violations
@@ -682,7 +691,7 @@ def run(args: argparse.Namespace) -> int:
         if violations:
             keep["yes"] = True
         print(
-            f"chaos backend={args.backend} senders={args.senders} leads={args.leads} duration={args.duration:g}s"
+            f"chaos backend={args.backend} pipelining={'yes' if args.pipelining else 'no'} senders={args.senders} leads={args.leads} duration={args.duration:g}s"
             f" elapsed={elapsed:.0f}s calm={calm:.0f}s seed={args.seed} sent={figures['sent']} failed={figures['failed']}"
             f" skipped={figures['skipped']} unknown={figures['unknown']} accepted={sum(peer_keys.values())}"
             f" chaos_accepted={chaos_accepted} lives={t.lives} kills={t.kills} crashes={t.crashes}"

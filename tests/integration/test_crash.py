@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -65,8 +66,12 @@ def _working_sender(db_url: str, procs: list[subprocess.Popen[bytes]]) -> int | 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_sigkill_a_sender_every_second(
-    db_url: str, sendguard_env: dict[str, str], smtp_peer: SmtpPeer, tmp_path: Path
+    db_url: str, sendguard_env: dict[str, str], smtp_peer_factory: Callable[..., SmtpPeer], tmp_path: Path
 ) -> None:
+    # A peer that offers PIPELINING, as `sendguard sink` and real servers do: the sender then commits
+    # each gate while the previous reply is on its way, the path with the most in flight at a kill.
+    # (scripts/chaos.py kills senders talking to peers without it.)
+    smtp_peer = smtp_peer_factory(pipelining=True)
     # Every kill mid-transmission may leave an `unknown`: the unknowns breaker would pause the campaign
     # (tested in test_breakers.py); here the campaign must run to its end through the crashes.
     emails = seed_campaign(
@@ -141,7 +146,8 @@ def test_sigkill_a_sender_every_second(
     print(
         f"\n[crash/{db_url.split(':', 1)[0].split('+', 1)[0]}] kills={kills} unknown={unknown} "
         f"duplicates={len(duplicates)} received={sum(per_recipient.values())} sent={counts['sent']} "
-        f"received-but-unknown={len(received_not_sent)} reaped-unsent-claims={reaped}"
+        f"received-but-unknown={len(received_not_sent)} reaped-unsent-claims={reaped} "
+        f"connections={smtp_peer.connections()}"
     )
 
     # At most one message per recipient, and only to our leads.
@@ -152,7 +158,12 @@ def test_sigkill_a_sender_every_second(
     assert counts["sent"] + counts["unknown"] == LEADS, counts
     assert set(states) == set(emails)
     assert set(states.values()) <= {"sent", "unknown"}
-    assert unknown <= kills, f"{unknown} unknown sends but only {kills} crashes"
+    # A kill can leave two sends `transmitting`: the one whose reply was on its way, and either the one
+    # before (answered, its record waiting for the next hand-over) or the next (gated, its payload not
+    # yet out: reaped `unknown` too, the reaper cannot tell). Only the last was never received.
+    unknown_unreceived = sum(1 for e, s in states.items() if s == "unknown" and e not in per_recipient)
+    assert unknown_unreceived <= kills, f"{unknown_unreceived} unknown and never received, {kills} crashes"
+    assert unknown <= 2 * kills, f"{unknown} unknown sends but only {kills} crashes"
     assert reaped + unknown >= 1, "no kill left a claim behind: the reaper was never tested"
     # The records agree with the wire: what the peer got is sent or unknown (never queued, failed,
     # skipped), and everything recorded sent did reach the peer.
