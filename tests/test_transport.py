@@ -14,6 +14,7 @@ import email.policy
 import logging
 import os
 import shutil
+import smtplib
 import socket
 import ssl
 import subprocess
@@ -24,8 +25,10 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
+import hypothesis
 import pytest
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+from hypothesis import strategies as st
 
 from sender import transport as transport_mod
 from sender.errors import UsageError
@@ -983,3 +986,17 @@ def test_a_payload_is_never_written_into_an_open_data_kept_waiting_too_long(
     assert isinstance(written, SendResult) and written.outcome is Outcome.SENT
     assert rec.count() == 1 and rec.connections == 2
     assert [e[1] for e in rec.envelopes] == [["lead1@example.com"]]
+
+
+@hypothesis.settings(max_examples=300, deadline=None)
+@hypothesis.given(
+    st.one_of(
+        st.from_regex(transport_mod._PLAIN_ADDRESS, fullmatch=True),
+        st.text(alphabet='ab.@<>"()%+- ,;:\\', max_size=12),
+        st.emails(),
+    )
+)
+def test_quoted_addresses_are_what_smtplib_would_send(address: str) -> None:
+    """The pipelined commands quote plain addresses without parsing them: byte for byte what
+    `smtplib.quoteaddr` (which `smtp.mail`/`smtp.rcpt` use) gives, for those and for anything else."""
+    assert transport_mod._quoted(address) == smtplib.quoteaddr(address)
