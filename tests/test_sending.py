@@ -10,7 +10,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import Engine, text
 
+from models import EnrollmentStatus
 from sender import campaigns
+from sender import claim as q
 from sender.campaign_file import parse_campaign
 from sender.clock import FixedClock
 from sender.config import Settings
@@ -249,3 +251,43 @@ def test_a_bounce_read_after_the_next_gate_is_recorded_before_the_next_payload(
         assert (stats.failed, stats.sent, stats.released) == (1, 2, 0)
         assert recorded_before == [("failed", "failed")]
         assert peer.count() == 2 and peer.connections() == 1
+
+
+def test_a_gated_claim_reaped_while_the_previous_reply_was_on_its_way_goes_back_unsent(
+    engine: Engine, smtp_peer_factory: Callable[..., SmtpPeer]
+) -> None:
+    """The second gate committed; the first reply takes longer than the second claim's lease, and a
+    rival's reaper settles that claim as `unknown` (a gated claim may have transmitted, as far as it
+    can tell). Before the second payload leaves, the sender sees its gate no longer stands: the
+    message never leaves, and the claim goes back to the queue instead of waiting for a review."""
+    reaped: list[object] = []
+
+    def reap_the_second_meanwhile(rcpt: str, phase: str) -> None:
+        if (phase, rcpt) != ("data_end", "lead0@example.com"):
+            return None
+        assert _poll(lambda: _send_status(engine, "lead1@example.com") == "transmitting")
+        later = T0 + timedelta(seconds=SETTINGS.lease_seconds + 60)  # the lease has run out by then
+        with engine.begin() as conn:
+            (enrollment_id, token) = conn.execute(
+                text(
+                    "SELECT cl.id, cl.claim_token FROM campaign_lead AS cl JOIN lead AS l ON l.id = cl.lead_id"
+                    " WHERE l.email = 'lead1@example.com'"
+                )
+            ).one()
+            reaped.append(q.reap_one(conn, enrollment_id=enrollment_id, token=token, now=later))
+        return None
+
+    stats, peer, seen = _deliver_all(
+        engine, smtp_peer_factory, pipelining=True, fault=reap_the_second_meanwhile
+    )
+
+    assert reaped == [EnrollmentStatus.UNKNOWN] and peer.errors == []
+    assert (stats.sent, stats.released) == (2, 1)
+    assert sorted(peer.per_recipient()) == ["lead0@example.com", "lead2@example.com"]
+    assert [r for phase, r in seen if phase == "data_end"] == ["lead0@example.com", "lead2@example.com"]
+    assert _states(engine) == [
+        ("lead0@example.com", "sent"),
+        ("lead1@example.com", "queued"),
+        ("lead2@example.com", "sent"),
+    ]
+    assert _send_status(engine, "lead1@example.com") == "deferred"
