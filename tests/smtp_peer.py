@@ -87,10 +87,25 @@ class BoundController(Controller):
             self._sock.close()
             raise
         self._smtp_class = smtp_class
+        self.probe_port: int | None = None  # source port of start()'s readiness probe
 
     @property
     def url(self) -> str:
         return f"smtp://{self.hostname}:{self.port}"
+
+    def _trigger_server(self) -> None:
+        """aiosmtpd's readiness probe (connect, read the greeting), from a source port noted in
+        `probe_port`: a client may connect while start() runs, and the peer must tell them apart."""
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((self.hostname, 0))
+            self.probe_port = s.getsockname()[1]
+            s.settimeout(1.0)
+            s.connect((self.hostname, self.port))
+            s.recv(1024)
+
+    def is_probe(self, transport: asyncio.BaseTransport) -> bool:
+        peername = transport.get_extra_info("peername")
+        return peername is not None and peername[1] == self.probe_port
 
     def factory(self) -> SMTP:
         return self._smtp_class(self.handler, **self.SMTP_kwargs)
@@ -128,14 +143,19 @@ class _PeerSMTP(SMTP):
         first = self.transport is None
         super().connection_made(transport)
         peer = getattr(self.event_handler, "peer", None)
-        if first and isinstance(peer, SmtpPeer):
+        if first and isinstance(peer, SmtpPeer) and not self._probe():
             peer._connected()
+
+    def _probe(self) -> bool:
+        """The controller's own readiness probe: neither counted nor given faults."""
+        controller = getattr(self.event_handler, "controller", None)
+        return self.transport is not None and controller is not None and controller.is_probe(self.transport)
 
     async def _handle_client(self) -> None:
         # The "connect" phase: only "421" is valid here (a greeting refusal, RFC 5321 3.1).
         peer = getattr(self.event_handler, "peer", None)
         action = None
-        if isinstance(peer, SmtpPeer) and peer._serving and "connect" in peer._phases:
+        if isinstance(peer, SmtpPeer) and "connect" in peer._phases and not self._probe():
             action = peer._fault("", "connect")
         if action is None:
             await super()._handle_client()
@@ -150,6 +170,7 @@ class _PeerSMTP(SMTP):
 class _PeerHandler:
     def __init__(self, peer: SmtpPeer) -> None:
         self.peer = peer
+        self.controller: BoundController | None = None
 
     async def handle_EHLO(
         self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
@@ -258,7 +279,6 @@ class SmtpPeer:
         self._faults = faults
         self._phases = phases
         self._port = port  # 0: any free port
-        self._serving = False  # the controller's own readiness connection must not consume faults
         self._cond = threading.Condition()
         self._received: list[Received] = []
         self._seen: collections.Counter[tuple[str, str]] = collections.Counter()
@@ -277,16 +297,14 @@ class SmtpPeer:
     def start(self) -> SmtpPeer:
         if self._controller is not None:
             raise RuntimeError("SmtpPeer already started")
-        controller = BoundController(
-            _PeerHandler(self), smtp_class=_PeerSMTP, port=self._port, **self._smtp_kwargs
-        )
+        handler = _PeerHandler(self)
+        controller = BoundController(handler, smtp_class=_PeerSMTP, port=self._port, **self._smtp_kwargs)
+        # Faults apply from the first client on, even one that connects while start() runs (a sender
+        # retrying on this port); start()'s own readiness probe is told apart by its source port.
+        handler.controller = controller
         controller.start()
         self._controller = controller
         self.url = controller.url
-        with self._cond:
-            # Controller.start() opened one connection of its own to check readiness.
-            self._connections = 0
-            self._serving = True
         return self
 
     def stop(self) -> None:

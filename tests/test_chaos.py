@@ -143,7 +143,7 @@ def test_bad_arguments_exit_2_with_one_line() -> None:
 
 
 LINE = re.compile(
-    r"^chaos backend=sqlite senders=3 leads=300 duration=12s .* sent=(\d+) failed=(\d+) skipped=(\d+)"
+    r"^chaos backend=sqlite pipelining=no senders=3 leads=300 duration=12s .* sent=(\d+) failed=(\d+) skipped=(\d+)"
     r" unknown=(\d+) accepted=(\d+) .* lives=(\d+) kills=(\d+) .* duplicates=0 lost=0 stuck=0 result=PASS$"
 )
 

@@ -185,3 +185,19 @@ def test_takes_many_messages_from_six_concurrent_processes(smtp_peer: SmtpPeer) 
     counts = smtp_peer.per_recipient()
     assert len(counts) == 6 * per_process and set(counts.values()) == {1}
     assert smtp_peer.connections() == 6
+
+
+def test_the_readiness_probe_neither_counts_nor_takes_a_connect_fault(
+    smtp_peer_factory: Callable[..., SmtpPeer],
+) -> None:
+    """start() connects once to check the server is up. Faults are armed before it (a client may
+    connect while start() runs), so the probe is told apart by its source port: the first client,
+    not the probe, gets the first-connection fault."""
+    peer = smtp_peer_factory(lambda rcpt, phase, nth: "421" if phase == "connect" and nth == 1 else None,
+                             phases=("connect",))  # fmt: skip
+    with pytest.raises(smtplib.SMTPConnectError) as refused:
+        smtplib.SMTP("127.0.0.1", peer.port, timeout=5)
+    assert refused.value.smtp_code == 421
+    with smtplib.SMTP("127.0.0.1", peer.port, timeout=5) as client:
+        assert client.noop()[0] == 250
+    assert peer.connections() == 2 and peer.errors == []
