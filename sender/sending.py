@@ -310,7 +310,10 @@ def deliver_batch(
             pending.pop(0)
             c = upcoming.claimed
             if gate is _Gate.GATED and speculative:
-                conn, gate = _check_again(conn, engine, stats, done, upcoming, settings, clock)
+                try:
+                    conn, gate = _check_again(conn, engine, stats, done, upcoming, settings, clock)
+                except _GaveUp:
+                    return stats  # the reaper settles the gated claim (`unknown`: it cannot tell)
             if gate is _Gate.FAILED:
                 stats.failed += 1
                 logs.transition("failed", c, level=logging.WARNING, reason="template_error")
@@ -319,7 +322,7 @@ def deliver_batch(
                 early = _abandon(transport, early)
                 ahead_ok = False
                 stats.released += 1
-                reason = "gate_refused" if gate is _Gate.RELEASED else "paused_before_payload"
+                reason = "gate_refused" if gate is _Gate.RELEASED else WITHDRAWN
                 logs.transition("released", c, reason=reason)
             else:
                 if logs.log.isEnabledFor(logs.STEP):
@@ -392,10 +395,15 @@ def _recorded(stats: PassStats, done: list[tuple[Reservation, SendResult]]) -> N
     done.clear()
 
 
+# The reason a withdrawn gate leaves on the enrollment (and in the log line).
+WITHDRAWN = "withdrawn_before_payload"
+
+
 def _withdraw(conn: Connection, r: Reservation, now: datetime) -> None:
     q.requeue_untransmitted(
-        conn, r.claimed, send_id=r.send_id, reason="paused_before_payload", code=None,
-        reply="campaign paused before the message left; not transmitted", now=now,
+        conn, r.claimed, send_id=r.send_id, reason=WITHDRAWN, code=None,
+        reply="gate withdrawn before the message left (campaign paused, or the claim expired); not transmitted",
+        now=now,
     )  # fmt: skip
 
 
@@ -414,7 +422,7 @@ class _Gate(enum.Enum):
     NONE = "none"  # nothing to gate: the last record of a batch
     GATED = "gated"  # `transmitting` is durable: the message may leave
     RELEASED = "released"  # the gate refused (paused, lease lost): handed back untouched
-    WITHDRAWN = "withdrawn"  # passed, then paused before the payload left: handed back untouched
+    WITHDRAWN = "withdrawn"  # passed, then no longer stood before the payload left: handed back
     FAILED = "failed"  # the template failed for this lead: never transmitted
 
 
@@ -483,13 +491,14 @@ def _check_again(
 ) -> tuple[Connection, _Gate]:
     """A gate committed while the previous payload's reply was on its way: before this payload leaves,
     record what a breaker must see (it may pause the campaign) and read the gate and the campaign
-    again (`claim.gate_stands`). A pause in between withdraws the gate: nothing of this message left,
-    so it goes back to the queue. Retried like a hand-over: the record and the withdrawal are
+    again (`claim.gate_stands`). A pause in between, or a reaper that took the claim, withdraws the
+    gate: nothing of this message left, so it goes back to the queue. Retried like a hand-over: the record and the withdrawal are
     compare-and-sets, and a gate withdrawn by an attempt whose COMMIT was lost no longer stands."""
     c = upcoming.claimed
+    record_first = bool(done) and not _fits_one_statement(conn, done, None)
 
     def once(conn: Connection) -> _Gate:
-        if not done or _fits_one_statement(conn, done, None):
+        if not record_first:
             if q.gate_stands(conn, c, send_id=upcoming.send_id):
                 return _Gate.GATED
             with conn.begin():
@@ -505,7 +514,7 @@ def _check_again(
             return _Gate.WITHDRAWN
 
     conn, gate = _retrying(conn, engine, settings, f"checking enrollment {c.enrollment_id}", once)
-    if done and not _fits_one_statement(conn, done, None):
+    if record_first:
         _recorded(stats, done)
     return conn, gate
 

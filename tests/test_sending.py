@@ -210,7 +210,7 @@ def test_a_pause_between_a_gate_and_its_payload_withdraws_the_message(
             )
         ).one()
     # Outside the live-send key, so the lead is sent once after the resume.
-    assert tuple(withdrawn) == ("deferred", "paused_before_payload", 0)
+    assert tuple(withdrawn) == ("deferred", "withdrawn_before_payload", 0)
 
 
 @pytest.mark.parametrize("threshold", [1, 5], ids=["breaker-trips", "breaker-holds"])
