@@ -673,8 +673,8 @@ class SmtpTransport:
 
     def abandon(self, envelope: Envelope) -> None:
         """Give up an accepted envelope without sending the message: RSET, or with DATA already open,
-        close the connection (a server never delivers a message whose end it did not receive)."""
-        self._settle_inflight()
+        close the connection (a server never delivers a message whose end it did not receive). Either
+        reads a reply still in flight first."""
         if envelope.data_open:
             self._drop()
         else:
