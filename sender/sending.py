@@ -299,12 +299,16 @@ def deliver_batch(
                 except _GaveUp:
                     return stats
                 _recorded(stats, done)
+            speculative = False
             if flying is not None:  # the previous payload's reply, read while the hand-over committed
+                # A reply already here when the gate committed is read without waiting on the server:
+                # the payload then follows its gate as closely as without PIPELINING. One still on its
+                # way leaves the gate to age, and an outcome a breaker looks at must be recorded before
+                # the next payload: either way the gate is checked again.
+                speculative = not flying[1].arrived()
                 done.append(_reply(plan, flying))
                 flying = None
-                speculative = True
-            else:
-                speculative = False
+                speculative = speculative or not _fits_one_statement(conn, done, None)
             if upcoming is None:
                 continue
             pending.pop(0)

@@ -118,6 +118,22 @@ class InFlight:
             self._result = self._transport._read_inflight(self, self._smtp)
         return self._result
 
+    def arrived(self) -> bool:
+        """Has the reply begun to arrive, so that `result()` waits on nobody? Never blocks. False when
+        it cannot tell (bytes already in smtplib's buffer, TLS records that may carry no data): callers
+        treat False as "the server may still be working", the conservative side."""
+        if self._result is not None:
+            return True
+        sock = self._smtp.sock
+        if sock is None:
+            return False
+        if isinstance(sock, ssl.SSLSocket):
+            return sock.pending() > 0  # decrypted application data only
+        try:
+            return bool(select.select([sock], [], [], 0)[0])
+        except (OSError, ValueError):
+            return False
+
 
 # An open DATA is only used this soon after the 354: a server under load may time out a client that
 # keeps it waiting (Postfix drops to 10 s under stress), and the payload must never go into a

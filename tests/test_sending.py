@@ -3,15 +3,17 @@ its gate only on a connection that is already open, and a refused gate never let
 
 from __future__ import annotations
 
+import select
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine, text
 
 from models import EnrollmentStatus
-from sender import campaigns
+from sender import campaigns, sending
 from sender import claim as q
 from sender.campaign_file import parse_campaign
 from sender.clock import FixedClock
@@ -19,7 +21,7 @@ from sender.config import Settings
 from sender.db import make_engine
 from sender.enroll import import_leads
 from sender.sending import Identity, PassStats, Plan, claim_batch, deliver_batch
-from sender.transport import SmtpTransport
+from sender.transport import InFlight, SmtpTransport
 from tests.smtp_peer import PHASES, SmtpPeer
 
 T0 = datetime(2030, 1, 7, 12, 0, tzinfo=UTC)
@@ -211,6 +213,42 @@ def test_a_pause_between_a_gate_and_its_payload_withdraws_the_message(
         ).one()
     # Outside the live-send key, so the lead is sent once after the resume.
     assert tuple(withdrawn) == ("deferred", "withdrawn_before_payload", 0)
+
+
+def test_a_reply_already_in_when_the_next_gate_commits_needs_no_second_read(
+    engine: Engine, smtp_peer_factory: Callable[..., SmtpPeer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each hand-over here returns only once the previous reply is in: reading it then waits on
+    nobody, so the payload follows its gate as closely as without PIPELINING and the gate is not read
+    again. (The tests above hold the reply back: there the second read is what stops the message.)"""
+    flights: list[InFlight] = []
+    write_payload = SmtpTransport.write_payload
+
+    def noting(self: SmtpTransport, opened: Any) -> Any:
+        written = write_payload(self, opened)
+        if isinstance(written, InFlight):
+            flights.append(written)
+        return written
+
+    hand_over = sending._hand_over
+
+    def once_the_reply_is_in(*args: Any, **kwargs: Any) -> Any:
+        out = hand_over(*args, **kwargs)
+        if flights and flights[-1]._result is None:  # a reply to read after this hand-over
+            sock = flights[-1]._smtp.sock
+            assert sock is not None and select.select([sock], [], [], 10)[0], "no reply within 10 s"
+        return out
+
+    checks: list[int] = []
+    gate_stands = q.gate_stands
+    monkeypatch.setattr(SmtpTransport, "write_payload", noting)
+    monkeypatch.setattr(sending, "_hand_over", once_the_reply_is_in)
+    monkeypatch.setattr(q, "gate_stands", lambda *a, **k: checks.append(1) or gate_stands(*a, **k))
+
+    stats, peer, _ = _deliver_all(engine, smtp_peer_factory, pipelining=True)
+
+    assert (stats.sent, peer.count(), len(flights)) == (3, 3, 3)
+    assert checks == []
 
 
 @pytest.mark.parametrize("threshold", [1, 5], ids=["breaker-trips", "breaker-holds"])

@@ -895,6 +895,39 @@ def test_the_next_envelope_goes_behind_a_payload_in_flight_and_its_replies_are_r
     assert [e[1] for e in rec.envelopes] == [["lead1@example.com"], ["lead2@example.com"]]
 
 
+def test_arrived_tells_a_reply_already_in_from_one_still_on_its_way(
+    smtp_peer_factory: Callable[..., SmtpPeer],
+) -> None:
+    """The sender skips its second read of a gate when the previous reply is already in, so `arrived`
+    must never say yes while the server is still working on the message, and must say yes once the
+    reply is here (without consuming it)."""
+    holding, release = threading.Event(), threading.Event()
+
+    def hold_the_first(rcpt: str, phase: str, nth: int) -> str | None:
+        if (phase, rcpt) == ("data_end", "lead1@example.com"):
+            holding.set()
+            release.wait(10)
+        return None
+
+    peer = smtp_peer_factory(hold_the_first, pipelining=True)
+    t = SmtpTransport(peer.url, timeout=10)
+    try:
+        first = _in_flight(t, 1)
+        assert holding.wait(10)
+        assert not first.arrived()
+        release.set()
+        deadline = time.monotonic() + 10
+        while not first.arrived():  # a poll with a deadline: the reply is on its way
+            assert time.monotonic() < deadline, "the reply never arrived"
+            time.sleep(0.005)
+        assert (first.result().outcome, first.result().code) == (Outcome.SENT, 250)
+        assert first.arrived()
+    finally:
+        release.set()
+        t.close()
+    assert peer.count() == 1
+
+
 @pytest.mark.parametrize("serve", [True], ids=["pipelining"], indirect=True)
 def test_a_refused_payload_with_an_envelope_behind_it_sends_no_rset(
     serve: Serve, transports: Callable[..., SmtpTransport]
