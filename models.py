@@ -120,8 +120,9 @@ class CampaignLead(SQLModel, table=True):
     __tablename__ = "campaign_lead"
     __table_args__ = (
         UniqueConstraint("campaign_id", "lead_id", "step", name="uq_campaign_lead_key"),
-        # The claim's access path: queued rows of one campaign in due order.
-        Index("ix_campaign_lead_claim", "campaign_id", "status", "next_attempt_at"),
+        # The claim's access path: queued rows of one campaign in due order, ties (a list enrolled at
+        # once) by id, so a claim reads its batch off the index instead of sorting the whole queue.
+        Index("ix_campaign_lead_queue", "campaign_id", "status", "next_attempt_at", "id"),
         # The reaper's access path: expired leases.
         Index("ix_campaign_lead_lease", "status", "lease_expires_at"),
     )

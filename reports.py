@@ -1029,7 +1029,7 @@ def prevented_timeline(
 
 
 # One row per campaign: enrollment counts from one GROUP BY over campaign_lead (index-only on
-# ix_campaign_lead_claim), sends in the last hour from the ix_send_log_time range, last attempt from
+# ix_campaign_lead_queue), sends in the last hour from the ix_send_log_time range, last attempt from
 # ix_send_log_campaign_time's max.
 _OVERVIEW = text("""
 SELECT c.name, c.status,
@@ -1051,7 +1051,7 @@ LEFT JOIN (
            sum(CASE WHEN status = 'unknown' THEN n ELSE 0 END) AS unknown,
            sum(n) AS enrolled
     FROM (
-        -- the plain (campaign_id, status) grouping is the prefix of ix_campaign_lead_claim: both planners
+        -- the plain (campaign_id, status) grouping is the prefix of ix_campaign_lead_queue: both planners
         -- count it from the index alone, with no per-row CASE; the pivot then runs over ~campaigns x 6 rows
         SELECT campaign_id, status, count(*) AS n FROM campaign_lead GROUP BY campaign_id, status
     ) AS per_status

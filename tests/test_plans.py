@@ -162,11 +162,64 @@ def test_claim_reads_the_queue_through_its_index(planned: tuple[Engine, int]) ->
               "lease_until": NOW + timedelta(minutes=5)}  # fmt: skip
     with engine.connect() as conn:
         plan = explain(conn, stmt, params)
-    assert uses(plan, dialect, "ix_campaign_lead_claim"), plan
+    assert uses(plan, dialect, "ix_campaign_lead_queue"), plan
     assert not full_scans(plan, dialect, "campaign_lead", "q"), plan
     # The picked rows are then updated by primary key. (The one-row campaign table may well be scanned:
     # for a table that small a scan is the best plan.)
     assert by_primary_key(plan, dialect, "campaign_lead"), plan
+
+
+def test_claim_takes_a_list_enrolled_at_once_in_index_order_without_sorting_it(
+    planned: tuple[Engine, int],
+) -> None:
+    """A list enrolled in one go shares one `next_attempt_at`: the claim's order among those equals
+    (by id) must come from the index too, or every claim sorts the campaign's whole queue."""
+    engine, campaign_id = planned
+    dialect = engine.dialect.name
+    with engine.begin() as conn:
+        conn.execute(
+            text("UPDATE campaign_lead SET next_attempt_at = :t WHERE status = 'queued'"), {"t": NOW}
+        )
+    with engine.connect() as conn:
+        conn.execute(text("ANALYZE"))
+        conn.commit()
+    stmt = q._CLAIM_SQLITE if dialect == "sqlite" else q._CLAIM_POSTGRESQL
+    params = {"campaign_id": campaign_id, "limit": 4, "token_prefix": "t.", "instance": "i", "now": NOW,
+              "lease_until": NOW + timedelta(minutes=5)}  # fmt: skip
+    with engine.connect() as conn:
+        plan = explain(conn, stmt, params)
+    assert uses(plan, dialect, "ix_campaign_lead_queue"), plan
+    assert not full_scans(plan, dialect, "campaign_lead", "q"), plan
+    assert not sorts(plan, dialect), plan
+
+
+def sorts(plan: str, dialect: str) -> bool:
+    return "TEMP B-TREE" in plan if dialect == "sqlite" else "Sort" in plan
+
+
+def test_the_claim_order_check_notices_an_index_without_id(planned: tuple[Engine, int]) -> None:
+    """Migration 0004's index (no `id`): on PostgreSQL the ties force a sort of the queue, and the check
+    above says so. (SQLite indexes end in the rowid, which `id` is: it never needed the column.)"""
+    engine, campaign_id = planned
+    dialect = engine.dialect.name
+    with engine.begin() as conn:
+        conn.execute(
+            text("UPDATE campaign_lead SET next_attempt_at = :t WHERE status = 'queued'"), {"t": NOW}
+        )
+        conn.execute(text("DROP INDEX ix_campaign_lead_queue"))
+        conn.execute(
+            text(
+                "CREATE INDEX ix_campaign_lead_claim ON campaign_lead (campaign_id, status, next_attempt_at)"
+            )
+        )
+    with engine.connect() as conn:
+        conn.execute(text("ANALYZE"))
+        conn.commit()
+        params = {"campaign_id": campaign_id, "limit": 4, "token_prefix": "t.", "instance": "i", "now": NOW,
+                  "lease_until": NOW + timedelta(minutes=5)}  # fmt: skip
+        stmt = q._CLAIM_SQLITE if dialect == "sqlite" else q._CLAIM_POSTGRESQL
+        plan = explain(conn, stmt, params)
+    assert sorts(plan, dialect) == (dialect == "postgresql"), plan
 
 
 def test_gate_reaches_send_log_and_the_queue_through_indexes_only(planned: tuple[Engine, int]) -> None:
