@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -45,11 +46,20 @@ class Prepared:
         compiled = self.clause.compile(dialect=dialect)
         processors = {name: _processor(bind.type, dialect) for name, bind in compiled.binds.items()}
         if compiled.positional:
-            order = tuple((name, processors[name]) for name in compiled.positiontup or ())
-            return _Compiled(
-                compiled.string,
-                lambda params: tuple(params[n] if p is None else p(params[n]) for n, p in order),
-            )
+            names = tuple(compiled.positiontup or ())
+            if not names:
+                return _Compiled(compiled.string, lambda params: ())
+            pick = operator.itemgetter(*names)
+            single = len(names) == 1  # itemgetter of one name gives the value, not a tuple
+            converted = tuple((i, processors[n]) for i, n in enumerate(names) if processors[n] is not None)
+
+            def positional(params: Mapping[str, Any]) -> Any:
+                values = [pick(params)] if single else list(pick(params))
+                for i, proc in converted:
+                    values[i] = proc(values[i])
+                return values
+
+            return _Compiled(compiled.string, positional)
         converted = tuple((name, proc) for name, proc in processors.items() if proc is not None)
         if not converted:  # the driver looks up the names it needs and ignores the rest
             return _Compiled(compiled.string, lambda params: params)
@@ -625,7 +635,7 @@ def _hand_over_sqlite(
 
 def _driver_command(conn: Connection, dbapi: Any, command: str) -> None:
     try:
-        dbapi.execute(command)
+        _cursor(conn).execute(command)
     except BaseException as exc:
         conn._handle_dbapi_exception(exc, command, (), None, None)
 
