@@ -247,9 +247,10 @@ def deliver_batch(
     their replies read after the commit; without it, MAIL and RCPT on a helper thread. With
     PIPELINING the previous payload's reply is read after the commit too, so the server's work on one
     message and the database's on the hand-over overlap. Such a gate was committed before the
-    previous outcome was known, so before the payload leaves, that outcome is recorded first if a
-    breaker looks at it, and the campaign is read again: a pause in between gives the message back
-    untransmitted (`requeue_untransmitted`; the open DATA is closed, never ended). The message itself
+    previous outcome was known. If that reply had not arrived by the commit (the gate aged while the
+    sender waited on the server), or it is an outcome a breaker looks at, then before the payload leaves
+    that outcome is recorded first and the campaign is read again: a pause in between gives the message
+    back untransmitted (`requeue_untransmitted`; the open DATA is closed, never ended). The message itself
     always waits for its gate, and a refused gate gives the envelope up (RSET, or closing the
     connection with DATA open), so the server never receives a message the database did not let go;
     after a refusal the rest of the batch goes gate first. A fresh connection is opened after the
