@@ -7,8 +7,10 @@ PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
 STAMP := $(VENV)/.sendguard-installed
 PYTEST_ARGS ?=
 # Tests spend most of their time waiting on subprocesses, SMTP and fsync, so three workers fit two CPUs
-# (pytest-xdist); PYTEST_WORKERS=0 runs in one process.
+# (pytest-xdist); PYTEST_WORKERS=0 runs in one process. Work stealing keeps the few minute-long tests
+# from ending up queued behind each other on one worker.
 PYTEST_WORKERS ?= 3
+PYTEST_DIST ?= worksteal
 
 export VENV
 
@@ -47,7 +49,7 @@ chromium:
 	fi
 
 test: venv chromium
-	scripts/with-postgres.sh $(VENV)/bin/pytest -q -n $(PYTEST_WORKERS) --durations=25 $(PYTEST_ARGS)
+	scripts/with-postgres.sh $(VENV)/bin/pytest -q -n $(PYTEST_WORKERS) --dist $(PYTEST_DIST) --durations=25 $(PYTEST_ARGS)
 
 # The chaos soak (scripts/chaos.py; not part of `make test`): senders through random SIGKILLs, failpoint
 # crashes and SMTP faults on SQLite, then PostgreSQL; exit 1 on any duplicate or loss. Flags in
