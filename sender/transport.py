@@ -119,20 +119,26 @@ class InFlight:
         return self._result
 
     def arrived(self) -> bool:
-        """Has the reply begun to arrive, so that `result()` waits on nobody? Never blocks. False when
-        it cannot tell (bytes already in smtplib's buffer, TLS records that may carry no data): callers
-        treat False as "the server may still be working", the conservative side."""
+        """Is the whole reply already here, so that `result()` waits on nobody? Never blocks: a
+        non-blocking peek into smtplib's read buffer. Under TLS only decrypted application data
+        counts, so a TLS record that carries none (a session ticket) or half a record is "not yet".
+        Callers treat False as "the server may still be working", the conservative side."""
         if self._result is not None:
             return True
-        sock = self._smtp.sock
-        if sock is None:
+        sock, file = self._smtp.sock, self._smtp.file
+        if sock is None or file is None:
             return False
-        if isinstance(sock, ssl.SSLSocket):
-            return sock.pending() > 0  # decrypted application data only
+        timeout = sock.gettimeout()
         try:
-            return bool(select.select([sock], [], [], 0)[0])
-        except (OSError, ValueError):
+            sock.settimeout(0.0)
+            buffered = file.peek(1)  # what is buffered, or what one read finds: never consumed
+        except (OSError, ValueError):  # ssl.SSLWantReadError: no whole record yet; or a closed socket
             return False
+        finally:
+            with contextlib.suppress(OSError):
+                sock.settimeout(timeout)
+        # Replies come in order and every earlier one was read: the first final line is this reply's.
+        return any(line[3:4] != b"-" for line in buffered.split(b"\n")[:-1])
 
 
 # An open DATA is only used this soon after the 354: a server under load may time out a client that

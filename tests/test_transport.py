@@ -656,6 +656,45 @@ def test_untrusted_certificate_is_deferred(
     assert rec.count() == 0
 
 
+class HoldingRecorder(Recorder):
+    """Holds its reply to the first message's final dot until `release` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.holding, self.release = threading.Event(), threading.Event()
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        if not self.holding.is_set():
+            self.holding.set()
+            await asyncio.get_running_loop().run_in_executor(None, self.release.wait, 10)
+        return await super().handle_DATA(server, session, envelope)
+
+
+@pytest.mark.parametrize("serve", [True], ids=["pipelining"], indirect=True)
+def test_arrived_sees_a_reply_through_starttls_and_only_once_it_is_here(
+    serve: Serve, transports: Callable[..., SmtpTransport], trust_test_cert: ssl.SSLContext
+) -> None:
+    """Under TLS the socket turning readable says nothing about the reply (it may be a session
+    ticket), so `arrived` looks at decrypted data: no before the server answers, yes after."""
+    rec = HoldingRecorder()
+    controller, _ = serve(rec, tls_context=trust_test_cert)
+    t = transports(f"smtp://127.0.0.1:{controller.port}?starttls=true")
+    try:
+        first = _in_flight(t, 1)
+        assert rec.holding.wait(10)
+        assert not first.arrived()
+        rec.release.set()
+        deadline = time.monotonic() + 10
+        while not first.arrived():  # a poll with a deadline: the reply is on its way
+            assert time.monotonic() < deadline, "the reply never counted as arrived"
+            time.sleep(0.005)
+        assert (first.result().outcome, first.result().code) == (Outcome.SENT, 250)
+        assert t.send(_message(2), SENDER, "lead2@example.com").outcome is Outcome.SENT
+    finally:
+        rec.release.set()
+    assert rec.count() == 2 and rec.connections == 1
+
+
 # ------------------------------------------------------------------------- configuration and URLs
 
 
