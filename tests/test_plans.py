@@ -154,14 +154,37 @@ def by_primary_key(plan: str, dialect: str, table: str, alias: str | None = None
     return f"using {table}_pkey on {table}" in plan
 
 
-def test_claim_reads_the_queue_through_its_index(planned: tuple[Engine, int]) -> None:
-    engine, campaign_id = planned
-    dialect = engine.dialect.name
-    stmt = q._CLAIM_SQLITE if dialect == "sqlite" else q._CLAIM_POSTGRESQL
+def claim_plan(engine: Engine, campaign_id: int) -> str:
+    """The claim's plan on the planner's current statistics."""
+    stmt = q._CLAIM_SQLITE if engine.dialect.name == "sqlite" else q._CLAIM_POSTGRESQL
     params = {"campaign_id": campaign_id, "limit": 4, "token_prefix": "t.", "instance": "i", "now": NOW,
               "lease_until": NOW + timedelta(minutes=5)}  # fmt: skip
     with engine.connect() as conn:
-        plan = explain(conn, stmt, params)
+        return explain(conn, stmt, params)
+
+
+def enrolled_at_once(engine: Engine, *statements: str) -> None:
+    """Give every queued enrollment the same `next_attempt_at` (a list enrolled in one go), run
+    `statements`, then refresh the planner's statistics."""
+    with engine.begin() as conn:
+        conn.execute(
+            text("UPDATE campaign_lead SET next_attempt_at = :t WHERE status = 'queued'"), {"t": NOW}
+        )
+        for statement in statements:
+            conn.execute(text(statement))
+    with engine.connect() as conn:
+        conn.execute(text("ANALYZE"))
+        conn.commit()
+
+
+def sorts(plan: str, dialect: str) -> bool:
+    return "TEMP B-TREE" in plan if dialect == "sqlite" else "Sort" in plan
+
+
+def test_claim_reads_the_queue_through_its_index(planned: tuple[Engine, int]) -> None:
+    engine, campaign_id = planned
+    dialect = engine.dialect.name
+    plan = claim_plan(engine, campaign_id)
     assert uses(plan, dialect, "ix_campaign_lead_queue"), plan
     assert not full_scans(plan, dialect, "campaign_lead", "q"), plan
     # The picked rows are then updated by primary key. (The one-row campaign table may well be scanned:
@@ -176,50 +199,24 @@ def test_claim_takes_a_list_enrolled_at_once_in_index_order_without_sorting_it(
     (by id) must come from the index too, or every claim sorts the campaign's whole queue."""
     engine, campaign_id = planned
     dialect = engine.dialect.name
-    with engine.begin() as conn:
-        conn.execute(
-            text("UPDATE campaign_lead SET next_attempt_at = :t WHERE status = 'queued'"), {"t": NOW}
-        )
-    with engine.connect() as conn:
-        conn.execute(text("ANALYZE"))
-        conn.commit()
-    stmt = q._CLAIM_SQLITE if dialect == "sqlite" else q._CLAIM_POSTGRESQL
-    params = {"campaign_id": campaign_id, "limit": 4, "token_prefix": "t.", "instance": "i", "now": NOW,
-              "lease_until": NOW + timedelta(minutes=5)}  # fmt: skip
-    with engine.connect() as conn:
-        plan = explain(conn, stmt, params)
+    enrolled_at_once(engine)
+    plan = claim_plan(engine, campaign_id)
     assert uses(plan, dialect, "ix_campaign_lead_queue"), plan
     assert not full_scans(plan, dialect, "campaign_lead", "q"), plan
     assert not sorts(plan, dialect), plan
-
-
-def sorts(plan: str, dialect: str) -> bool:
-    return "TEMP B-TREE" in plan if dialect == "sqlite" else "Sort" in plan
 
 
 def test_the_claim_order_check_notices_an_index_without_id(planned: tuple[Engine, int]) -> None:
     """Migration 0004's index (no `id`): on PostgreSQL the ties force a sort of the queue, and the check
     above says so. (SQLite indexes end in the rowid, which `id` is: it never needed the column.)"""
     engine, campaign_id = planned
-    dialect = engine.dialect.name
-    with engine.begin() as conn:
-        conn.execute(
-            text("UPDATE campaign_lead SET next_attempt_at = :t WHERE status = 'queued'"), {"t": NOW}
-        )
-        conn.execute(text("DROP INDEX ix_campaign_lead_queue"))
-        conn.execute(
-            text(
-                "CREATE INDEX ix_campaign_lead_claim ON campaign_lead (campaign_id, status, next_attempt_at)"
-            )
-        )
-    with engine.connect() as conn:
-        conn.execute(text("ANALYZE"))
-        conn.commit()
-        params = {"campaign_id": campaign_id, "limit": 4, "token_prefix": "t.", "instance": "i", "now": NOW,
-                  "lease_until": NOW + timedelta(minutes=5)}  # fmt: skip
-        stmt = q._CLAIM_SQLITE if dialect == "sqlite" else q._CLAIM_POSTGRESQL
-        plan = explain(conn, stmt, params)
-    assert sorts(plan, dialect) == (dialect == "postgresql"), plan
+    enrolled_at_once(
+        engine,
+        "DROP INDEX ix_campaign_lead_queue",
+        "CREATE INDEX ix_campaign_lead_claim ON campaign_lead (campaign_id, status, next_attempt_at)",
+    )
+    plan = claim_plan(engine, campaign_id)
+    assert sorts(plan, engine.dialect.name) == (engine.dialect.name == "postgresql"), plan
 
 
 def test_gate_reaches_send_log_and_the_queue_through_indexes_only(planned: tuple[Engine, int]) -> None:
