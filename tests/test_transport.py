@@ -684,10 +684,7 @@ def test_arrived_sees_a_reply_through_starttls_and_only_once_it_is_here(
         assert rec.holding.wait(10)
         assert not first.arrived()
         rec.release.set()
-        deadline = time.monotonic() + 10
-        while not first.arrived():  # a poll with a deadline: the reply is on its way
-            assert time.monotonic() < deadline, "the reply never counted as arrived"
-            time.sleep(0.005)
+        _until_arrived(first)
         assert (first.result().outcome, first.result().code) == (Outcome.SENT, 250)
         assert t.send(_message(2), SENDER, "lead2@example.com").outcome is Outcome.SENT
     finally:
@@ -934,6 +931,13 @@ def test_the_next_envelope_goes_behind_a_payload_in_flight_and_its_replies_are_r
     assert [e[1] for e in rec.envelopes] == [["lead1@example.com"], ["lead2@example.com"]]
 
 
+def _until_arrived(inflight: InFlight) -> None:
+    deadline = time.monotonic() + 10
+    while not inflight.arrived():  # a poll with a deadline: the reply is on its way
+        assert time.monotonic() < deadline, "the reply never counted as arrived"
+        time.sleep(0.005)
+
+
 def test_arrived_tells_a_reply_already_in_from_one_still_on_its_way(
     smtp_peer_factory: Callable[..., SmtpPeer],
 ) -> None:
@@ -955,10 +959,7 @@ def test_arrived_tells_a_reply_already_in_from_one_still_on_its_way(
         assert holding.wait(10)
         assert not first.arrived()
         release.set()
-        deadline = time.monotonic() + 10
-        while not first.arrived():  # a poll with a deadline: the reply is on its way
-            assert time.monotonic() < deadline, "the reply never arrived"
-            time.sleep(0.005)
+        _until_arrived(first)
         assert (first.result().outcome, first.result().code) == (Outcome.SENT, 250)
         assert first.arrived()
     finally:
