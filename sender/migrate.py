@@ -122,14 +122,14 @@ def schema_problem(current: str | None) -> str | None:
 
 def require_current_schema(engine: Engine) -> None:
     """`run` refuses a schema older or newer than this code: either would break the protocol."""
-    if _stored_revision(engine) == SCHEMA_REVISION:
+    if stored_revision(engine) == SCHEMA_REVISION:
         return
     problem = schema_problem(current_revision(engine))
     if problem is not None:
         raise UsageError(problem)
 
 
-def _stored_revision(engine: Engine) -> str | None:
+def stored_revision(engine: Engine) -> str | None:
     """The revision in alembic_version, read without Alembic; None when it cannot be read (no table
     yet, no database): Alembic's own reading then says which."""
     try:
