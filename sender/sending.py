@@ -300,23 +300,25 @@ def deliver_batch(
                 except _GaveUp:
                     return stats
                 _recorded(stats, done)
-            speculative = False
+            waited = record_first = False
             if flying is not None:  # the previous payload's reply, read while the hand-over committed
                 # A reply already here when the gate committed is read without waiting on the server:
                 # the payload then follows its gate as closely as without PIPELINING. One still on its
                 # way leaves the gate to age, and an outcome a breaker looks at must be recorded before
                 # the next payload: either way the gate is checked again.
-                speculative = not flying[1].arrived()
+                waited = not flying[1].arrived()
                 done.append(_reply(plan, flying))
                 flying = None
-                speculative = speculative or not _fits_one_statement(conn, done, None)
+                record_first = not _fits_one_statement(conn, done, None)
             if upcoming is None:
                 continue
             pending.pop(0)
             c = upcoming.claimed
-            if gate is _Gate.GATED and speculative:
+            if gate is _Gate.GATED and (waited or record_first):
                 try:
-                    conn, gate = _check_again(conn, engine, stats, done, upcoming, settings, clock)
+                    conn, gate = _check_again(
+                        conn, engine, stats, done, upcoming, settings, clock, record_first=record_first
+                    )
                 except _GaveUp:
                     return stats  # the reaper settles the gated claim (`unknown`: it cannot tell)
             if gate is _Gate.FAILED:
@@ -493,14 +495,15 @@ def _check_again(
     upcoming: Reservation,
     settings: Settings,
     clock: Clock,
+    *,
+    record_first: bool,
 ) -> tuple[Connection, _Gate]:
     """A gate committed while the previous payload's reply was on its way: before this payload leaves,
-    record what a breaker must see (it may pause the campaign) and read the gate and the campaign
-    again (`claim.gate_stands`). A pause in between, or a reaper that took the claim, withdraws the
+    record what a breaker must see (`record_first`: it may pause the campaign) and read the gate and
+    the campaign again (`claim.gate_stands`). A pause in between, or a reaper that took the claim, withdraws the
     gate: nothing of this message left, so it goes back to the queue. Retried like a hand-over: the record and the withdrawal are
     compare-and-sets, and a gate withdrawn by an attempt whose COMMIT was lost no longer stands."""
     c = upcoming.claimed
-    record_first = bool(done) and not _fits_one_statement(conn, done, None)
 
     def once(conn: Connection) -> _Gate:
         if not record_first:
