@@ -59,6 +59,8 @@ class FloorResult:
     seconds: float
     rate: float
     processes: int
+    started: float = 0.0  # time.monotonic() of the first worker's start (one clock for every process)
+    ended: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -66,8 +68,10 @@ class FloorResult:
 
 def _combine(parts: list[tuple[int, float, float]], processes: int) -> FloorResult:
     rows = sum(p[0] for p in parts)
-    seconds = max(p[2] for p in parts) - min(p[1] for p in parts)
-    return FloorResult(rows, round(seconds, 4), round(rows / seconds, 1) if seconds > 0 else 0.0, processes)
+    started, ended = min(p[1] for p in parts), max(p[2] for p in parts)
+    seconds = ended - started
+    rate = round(rows / seconds, 1) if seconds > 0 else 0.0
+    return FloorResult(rows, round(seconds, 4), rate, processes, started, ended)
 
 
 def _run_workers(target: Any, args: tuple[Any, ...], processes: int) -> list[tuple[int, float, float]]:

@@ -33,12 +33,13 @@ import sys
 import tempfile
 import time
 from contextlib import ExitStack
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _cpu import ROLES, CpuSampler  # noqa: E402
 from _floor import db_floor_pg, db_floor_sqlite, smtp_floor  # noqa: E402
 from _harness import (  # noqa: E402
     CAMPAIGN,
@@ -110,8 +111,15 @@ def measure_senders(db: Database) -> dict[str, Any]:
     }
     # A sender that started late (a slow start-up on a loaded box) shrinks the all-senders window to a
     # few messages: too few to be a figure, so then the overall rate stands.
-    out["rate"] = out["rate_steady"] if steady_s >= 0.5 * overall_s else out["rate_overall"]
+    steady_used = steady_s >= 0.5 * overall_s
+    out["rate"] = out["rate_steady"] if steady_used else out["rate_overall"]
+    # The rate's window, for the CPU sampler (time.time(), messages).
+    out["window"] = (_epoch(lo), _epoch(hi), steady) if steady_used else (_epoch(first), _epoch(last), sent)
     return out
+
+
+def _epoch(t: datetime) -> float:
+    return (t if t.tzinfo is not None else t.replace(tzinfo=UTC)).timestamp()
 
 
 def run_senders(
@@ -160,6 +168,29 @@ def run_senders(
     out["rate_wall"] = round(out["sent"] / wall, 1)
     if out["sent"] != args.leads or out["duplicates"]:
         raise SystemExit(f"the senders did not send every lead exactly once: {out}")
+    return out
+
+
+def _cpu_of_run(sampler: CpuSampler, one: dict[str, Any]) -> dict[str, Any]:
+    """CPU ms per message by role over each phase's measured window (`_cpu`)."""
+    start, end, messages = one["sendguard"]["window"]
+    out = {"sendguard": sampler.per_message(start, end, messages, clock="wall")}
+    for phase in ("floor_db", "floor_smtp"):
+        if phase in one:
+            f = one[phase]
+            out[phase] = sampler.per_message(f["started"], f["ended"], f["rows"])
+    return out
+
+
+def _cpu_medians(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per phase and role, the median over the runs that have the figure."""
+    out: dict[str, dict[str, float]] = {}
+    for phase in ("sendguard", "floor_db", "floor_smtp"):
+        figures = [r["cpu"][phase] for r in runs if r["cpu"].get(phase)]
+        if not figures:
+            continue
+        keys = [k for k in (*ROLES, "cores_busy") if any(k in f for f in figures)]
+        out[phase] = {k: round(statistics.median(f.get(k, 0.0) for f in figures), 3) for k in keys}
     return out
 
 
@@ -246,7 +277,9 @@ def main(argv: list[str] | None = None) -> int:
         p.error("need --senders >= 1, --leads >= --senders, --repeat >= 1")
 
     runs: list[dict[str, Any]] = []
+    sampler = CpuSampler().start()
     with ExitStack() as stack:
+        stack.callback(sampler.stop)
         work = Path(tempfile.mkdtemp(prefix="sendguard-bench-"))
         if not args.keep:
             stack.callback(shutil.rmtree, work, True)
@@ -291,6 +324,9 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 db.drop()
 
+    for one in runs:  # after the sampler's last sample, which every window ends before
+        one["cpu"] = _cpu_of_run(sampler, one)
+
     def med(key: str, sub: str | None = None) -> float:
         return statistics.median(x[key][sub] if sub else x[key] for x in runs)
 
@@ -313,6 +349,7 @@ def main(argv: list[str] | None = None) -> int:
         result["floor_smtp_rate"] = med("floor_smtp", "rate")
         result["ratio_smtp"] = med("ratio_smtp")
         result["ratio_smtp_range"] = summary([x["ratio_smtp"] for x in runs])
+    result["cpu_ms_per_msg"] = _cpu_medians(runs)
     result["runs"] = runs
     print(json.dumps(result, default=str), flush=True)
     human = (
@@ -323,6 +360,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.transport == "smtp":
         human += f", smtplib floor {result['floor_smtp_rate']:.0f}/s (ratio {result['ratio_smtp']:.2f})"
     print(human)
+    for phase, roles in result["cpu_ms_per_msg"].items():
+        print(f"  CPU ms per message, {phase}: " + ", ".join(f"{k} {v}" for k, v in roles.items()))
     if args.profile and args.profile.exists():
         print(f"profile of sender 0 (last run, {args.profile}), % of the sending loop's samples:")
         for frame, share in summarize_profile(args.profile):
