@@ -407,7 +407,7 @@ SENDER_COLUMNS = ["instance", "host", "pid", "version", "started_at", "heartbeat
                   "state", "slot", "claims", "stopped_at", "lock_file"]  # fmt: skip
 
 # Instances that run or ran within the last day, newest first. `claims`: enrollments the instance holds
-# right now (status sending, a range on ix_campaign_lead_lease; only in-flight rows are `sending`).
+# right now (status sending: ix_campaign_lead_lease holds exactly those rows, the ones in flight).
 _SENDERS = text("""
 SELECT si.id, si.host, si.pid, si.version, si.started_at, si.heartbeat_at, si.stopped_at, si.slot,
        si.lock_file,

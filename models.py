@@ -123,8 +123,14 @@ class CampaignLead(SQLModel, table=True):
         # The claim's access path: queued rows of one campaign in due order, ties (a list enrolled at
         # once) by id, so a claim reads its batch off the index instead of sorting the whole queue.
         Index("ix_campaign_lead_queue", "campaign_id", "status", "next_attempt_at", "id"),
-        # The reaper's access path: expired leases.
-        Index("ix_campaign_lead_lease", "status", "lease_expires_at"),
+        # The reaper's access path: expired leases. Only rows in flight: every reader asks for
+        # `sending`, and a finished enrollment's record then writes nothing here (migration 0006).
+        Index(
+            "ix_campaign_lead_lease",
+            "lease_expires_at",
+            sqlite_where=text("status = 'sending'"),
+            postgresql_where=text("status = 'sending'"),
+        ),
     )
 
     id: int | None = Field(default=None, primary_key=True)
