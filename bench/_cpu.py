@@ -45,13 +45,14 @@ def _role(pid: str) -> str | None:
     return None
 
 
-def _cpu(pid: str) -> float | None:
+def _stat(pid: str) -> tuple[str, float] | None:
+    """(the process's start time, its CPU seconds): the start time tells a reused pid apart."""
     try:
         with open(f"/proc/{pid}/stat") as fh:
             fields = fh.read().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return None
-    return (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime
+    return fields[19], (int(fields[11]) + int(fields[12])) / _TICK  # starttime; utime + stime
 
 
 def _machine_busy() -> float:
@@ -67,8 +68,8 @@ class CpuSampler:
     def __init__(self, interval: float = 0.2) -> None:
         self.interval = interval
         self.available = os.path.exists("/proc/stat")
-        self._roles: dict[str, str | None] = {}  # pid -> role (None: not ours), learnt once
-        self._last: dict[str, tuple[str, float]] = {}  # pid -> (role, CPU seconds last read)
+        self._roles: dict[str, str | None] = {}  # process -> role (None: not ours), learnt once
+        self._last: dict[str, tuple[str, float]] = {}  # process -> (role, CPU seconds last read)
         self._times: list[float] = []  # time.time() of each sample
         self._monotonic: list[float] = []
         self._totals: list[dict[str, float]] = []
@@ -96,14 +97,15 @@ class CpuSampler:
         for pid in os.listdir("/proc"):
             if not pid.isdigit():
                 continue
-            if pid not in self._roles:
-                self._roles[pid] = _role(pid)
-            role = self._roles[pid]
-            if role is None:
+            stat = _stat(pid)
+            if stat is None:  # exited meanwhile
                 continue
-            cpu = _cpu(pid)
-            if cpu is not None:
-                self._last[pid] = (role, cpu)
+            process = f"{pid}.{stat[0]}"
+            if process not in self._roles:
+                self._roles[process] = _role(pid)
+            role = self._roles[process]
+            if role is not None:
+                self._last[process] = (role, stat[1])
         totals = dict.fromkeys(ROLES, 0.0)
         for role, cpu in self._last.values():
             totals[role] += cpu
