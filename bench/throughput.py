@@ -189,8 +189,10 @@ def _cpu_medians(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
         figures = [r["cpu"][phase] for r in runs if r["cpu"].get(phase)]
         if not figures:
             continue
-        keys = [k for k in (*ROLES, "cores_busy") if any(k in f for f in figures)]
-        out[phase] = {k: round(statistics.median(f.get(k, 0.0) for f in figures), 3) for k in keys}
+        medians = {
+            k: round(statistics.median(f.get(k, 0.0) for f in figures), 3) for k in (*ROLES, "cores_busy")
+        }
+        out[phase] = {k: v for k, v in medians.items() if v > 0}  # a role absent from most runs is left out
     return out
 
 
