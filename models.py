@@ -47,6 +47,8 @@ class SendStatus(enum.StrEnum):
 # per (campaign, lead, step). The variant is deliberately not part of the key (SEED.md's hole).
 LIVE_SEND_STATUSES = ("reserved", "transmitting", "sent", "unknown")
 _LIVE_SQL = "status IN ('reserved', 'transmitting', 'sent', 'unknown')"
+# Enrollments in flight: claimed, lease running (the lease index's predicate).
+_IN_FLIGHT_SQL = "status = 'sending'"
 
 
 class Campaign(SQLModel, table=True):
@@ -128,8 +130,8 @@ class CampaignLead(SQLModel, table=True):
         Index(
             "ix_campaign_lead_lease",
             "lease_expires_at",
-            sqlite_where=text("status = 'sending'"),
-            postgresql_where=text("status = 'sending'"),
+            sqlite_where=text(_IN_FLIGHT_SQL),
+            postgresql_where=text(_IN_FLIGHT_SQL),
         ),
     )
 

@@ -11,8 +11,9 @@ its command line:
 - `floor`: the floors' `multiprocessing` workers;
 - `machine`: every core's busy time (`/proc/stat`), whatever ran.
 
-`per_message(window, messages)` gives each role's CPU milliseconds per message over a window, by
-linear interpolation between samples, so it counts neither start-up nor the idle check. A process that
+`per_message(start, end, messages)` gives each role's CPU milliseconds per message between two
+instants, by linear interpolation between samples: given the window a rate was measured on, it counts
+neither start-up nor the idle check. A process that
 exited keeps the last CPU time read of it. The sampler costs about 1 ms of CPU per sample.
 """
 
