@@ -13,6 +13,7 @@ from sender.errors import UsageError
 
 if TYPE_CHECKING:
     from alembic.config import Config
+    from alembic.script import ScriptDirectory
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
@@ -75,10 +76,15 @@ def _check_foreign_keys(connection: Connection) -> None:
         )
 
 
-def head_revision() -> str:
+def _scripts() -> ScriptDirectory:
+    """This code's migration chain (migrations/versions), no database needed."""
     from alembic.script import ScriptDirectory
 
-    head = ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+    return ScriptDirectory.from_config(alembic_config("sqlite://"))
+
+
+def head_revision() -> str:
+    head = _scripts().get_current_head()
     assert head is not None
     return head
 
@@ -93,9 +99,7 @@ def current_revision(engine: Engine) -> str | None:
 def _known(revision: str) -> bool:
     """Whether this code's migration chain contains `revision` (an unknown one was written by a newer
     sendguard, or by something else)."""
-    from alembic.script import ScriptDirectory
-
-    script = ScriptDirectory.from_config(alembic_config("sqlite://"))
+    script = _scripts()
     try:
         return script.get_revision(revision) is not None
     except Exception:  # alembic raises ResolutionError/CommandError subclasses for unknown ids

@@ -500,9 +500,10 @@ def _check_again(
 ) -> tuple[Connection, _Gate]:
     """A gate committed while the previous payload's reply was on its way: before this payload leaves,
     record what a breaker must see (`record_first`: it may pause the campaign) and read the gate and
-    the campaign again (`claim.gate_stands`). A pause in between, or a reaper that took the claim, withdraws the
-    gate: nothing of this message left, so it goes back to the queue. Retried like a hand-over: the record and the withdrawal are
-    compare-and-sets, and a gate withdrawn by an attempt whose COMMIT was lost no longer stands."""
+    the campaign again (`claim.gate_stands`). A pause in between, or a reaper that took the claim,
+    withdraws the gate: nothing of this message left, so it goes back to the queue. Retried like a
+    hand-over: the record and the withdrawal are compare-and-sets, and a gate withdrawn by an attempt
+    whose COMMIT was lost no longer stands."""
     c = upcoming.claimed
 
     def once(conn: Connection) -> _Gate:
